@@ -1,0 +1,1 @@
+"""Study selection: include/exclude lists, normalised matching, and the clinician review queue."""

@@ -1,0 +1,265 @@
+"""The one TOML configuration file, validated with pydantic.
+
+Every key is documented by its Field description (`rtlake config-reference` prints them).
+Unknown keys are errors, so a typo never silently falls back to a default. Relative paths are
+resolved against the folder of the config file. Secrets never live here: each section names
+the environment variable that holds them (netrc is consulted for HTTP sources when unset).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(_Section):
+    name: str = Field("RTLAKE", description="Project ID in the lake/XNAT (sessions are filed under it).")
+    state_dir: Path = Field(Path("state"), description="Folder for the DuckDB catalog, lock and scratch space.")
+
+
+class HttpAuth(_Section):
+    username_env: str = Field("RTLAKE_PACS_USER", description="Environment variable holding the user name.")
+    password_env: str = Field("RTLAKE_PACS_PASSWORD", description="Environment variable holding the password.")
+    verify_tls: bool = Field(True, description="Verify TLS certificates (keep on; see ca_bundle).")
+    ca_bundle: Path | None = Field(None, description="Custom CA bundle file for TLS verification.")
+
+
+class FolderSourceConfig(_Section):
+    path: Path = Field(Path("pacs"), description="Folder of DICOM files treated as a PACS.")
+
+
+class OrthancSourceConfig(HttpAuth):
+    url: str = Field("http://127.0.0.1:8042", description="Orthanc REST base URL.")
+    retrieve: Literal["wado-rs", "instances"] = Field("wado-rs", description="How to pull a study.")
+
+
+class DicomWebSourceConfig(HttpAuth):
+    url: str = Field("http://127.0.0.1:8042/dicom-web", description="DICOMweb root (QIDO-RS/WADO-RS).")
+    raw_query_values: bool = Field(
+        False, description="Send QIDO values unencoded (Orthanc 1.10 Debian does not URL-decode)."
+    )
+
+
+class DimseSourceConfig(_Section):
+    host: str = Field("127.0.0.1", description="PACS host.")
+    port: int = Field(104, description="PACS DICOM port.")
+    called_aet: str = Field("PACS", description="AE title of the PACS.")
+    calling_aet: str = Field("RTLAKE", description="Our AE title (must be registered on the PACS).")
+    retrieve: Literal["c-get", "c-move"] = Field("c-get", description="Retrieval method.")
+    move_port: int = Field(11113, description="Port of the built-in storage SCP for C-MOVE.")
+    tcp_nodelay: bool = Field(True, description="Disable Nagle on our sockets (DCMTK peers stall otherwise).")
+    case_insensitive: bool = Field(True, description="Match descriptions case-insensitively client-side.")
+
+
+class TransferConfig(_Section):
+    retries: int = Field(4, ge=0, description="Retries per request on transient errors.")
+    backoff_seconds: float = Field(1.0, ge=0, description="First backoff; doubles each retry, with jitter.")
+    read_timeout: float = Field(60.0, gt=0, description="Idle (per-read) timeout in seconds.")
+    concurrency: int = Field(4, ge=1, description="Parallel requests per PACS.")
+    requests_per_second: float | None = Field(None, gt=0, description="Throttle on requests; none = unlimited.")
+    megabytes_per_second: float | None = Field(None, gt=0, description="Throttle on bandwidth; none = unlimited.")
+    window: str | None = Field(None, description="Allowed hours for moves, e.g. '19:00-07:00'; none = always.")
+    timezone: str = Field("Europe/London", description="Timezone of the schedule window.")
+
+
+class SourceConfig(_Section):
+    kind: Literal["folder", "orthanc", "dicomweb", "dimse"] = Field("folder", description="Which PACS protocol.")
+    name: str = Field("pacs", description="Name of this PACS in logs and the catalog.")
+    folder: FolderSourceConfig = FolderSourceConfig()
+    orthanc: OrthancSourceConfig = OrthancSourceConfig()
+    dicomweb: DicomWebSourceConfig = DicomWebSourceConfig()
+    dimse: DimseSourceConfig = DimseSourceConfig()
+    transfer: TransferConfig = TransferConfig()
+
+
+class LakeStoreConfig(_Section):
+    path: Path = Field(Path("lake"), description="Root folder of the local lake.")
+
+
+class XnatStoreConfig(_Section):
+    url: str = Field("https://xnat.example.org", description="XNAT base URL.")
+    username_env: str = Field("RTLAKE_XNAT_USER", description="Environment variable holding the XNAT user.")
+    password_env: str = Field("RTLAKE_XNAT_PASSWORD", description="Environment variable holding the password.")
+    verify_tls: bool = Field(True, description="Verify TLS certificates.")
+    ca_bundle: Path | None = Field(None, description="Custom CA bundle file.")
+    overwrite: Literal["none", "append", "delete"] = Field("none", description="Import overwrite policy.")
+    pacs_id: int = Field(1, description="DQR mode: XNAT's PACS id.")
+    query_batch: int = Field(200, ge=1, description="DQR mode: rows per batch query.")
+    import_batch: int = Field(50, ge=1, description="DQR mode: studies per import call.")
+
+
+class OrthancStoreConfig(HttpAuth):
+    url: str = Field("http://127.0.0.1:8042", description="Orthanc REST base URL to store into.")
+
+
+class StoreConfig(_Section):
+    kind: Literal["lake", "xnat", "xnat-dqr", "orthanc"] = Field("lake", description="Where studies go.")
+    lake: LakeStoreConfig = LakeStoreConfig()
+    xnat: XnatStoreConfig = XnatStoreConfig()
+    orthanc: OrthancStoreConfig = OrthancStoreConfig()
+
+
+class InputsConfig(_Section):
+    cohort: Path = Field(
+        Path("HospitalID-NHSNumber.csv"),
+        description="Cohort list: CSV with HospitalID and NHSNumber (blank when none).",
+    )
+    deceased: Path | None = Field(None, description="EDW extract of known-deceased patients (CSV with HospitalID).")
+    reference_dates: Path | None = Field(None, description="CSV of Subject and Reference Date (RT start).")
+
+
+class CriteriaConfig(_Section):
+    lists: Path | None = Field(
+        None, description="Include/exclude lists: xlsx (INCLUDE/EXCLUDE sheets), CSV or YAML; none = shipped defaults."
+    )
+    history_dir: Path = Field(Path("criteria-history"), description="Dated copies of the lists after each review import.")
+
+
+class HarvestConfig(_Section):
+    overlap_days: int = Field(30, ge=0, description="Re-query this many days before the last harvest.")
+    skip_uid_prefixes: list[str] = Field(
+        ["1.2.246.352.71.1."], description="StudyInstanceUID prefixes of RT verification studies to skip."
+    )
+    placeholder_dates: list[str] = Field(["2099-01-01"], description="Study dates that mean 'scheduled, no date'.")
+
+
+class ReportConfig(_Section):
+    outbox: Path = Field(Path("outbox"), description="Folder the EDW picks the master sheet up from.")
+    slots_per_modality: int = Field(5, ge=1, description="Minimum number of session slots per modality.")
+    baseline_failure_rate: dict[str, float] = Field(
+        {"CT": 0.07, "MR": 0.07}, description="Historic failure rate per modality (fraction)."
+    )
+
+
+class LoggingConfig(_Section):
+    identifiers_in_logs: bool = Field(
+        False, description="Allow patient identifiers in log lines (off: logs use study UIDs only)."
+    )
+
+
+class PseudoConfig(_Section):
+    enabled: bool = Field(False, description="Pseudonymise studies on the way into the store.")
+    profile: Path | None = Field(None, description="Pseudonymisation profile (TOML); none = built-in default.")
+    key_env: str = Field("RTLAKE_PSEUDO_KEY", description="Environment variable holding the secret key.")
+    uid_root: str = Field("2.25", description="UID root for remapped UIDs.")
+    mapping: Path = Field(Path("pseudo-map.duckdb"), description="Mapping table (owner-only permissions).")
+
+
+class RtConfig(_Section):
+    output: Path = Field(Path("rt"), description="Folder for NIfTI, DVH and previews.")
+    scheduler: str | None = Field(None, description="Dask scheduler address; none = a local cluster.")
+
+
+class Config(_Section):
+    project: ProjectConfig = ProjectConfig()
+    source: SourceConfig = SourceConfig()
+    store: StoreConfig = StoreConfig()
+    inputs: InputsConfig = InputsConfig()
+    criteria: CriteriaConfig = CriteriaConfig()
+    harvest: HarvestConfig = HarvestConfig()
+    report: ReportConfig = ReportConfig()
+    logging: LoggingConfig = LoggingConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+    rt: RtConfig = RtConfig()
+
+    # Folder that relative paths are resolved against; set by load_config.
+    base_dir: Path = Field(Path("."), exclude=True, description="(internal) folder of the config file.")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "Config":
+        _resolve(self, self.base_dir)
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project.state_dir
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.project.state_dir / "catalog.duckdb"
+
+
+def _resolve(model: BaseModel, base: Path) -> None:
+    for name in type(model).model_fields:
+        if name == "base_dir":
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _resolve(value, base)
+        elif isinstance(value, Path) and not value.is_absolute():
+            object.__setattr__(model, name, (base / value).resolve())
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file; with no path, the defaults relative to the current folder.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has an unknown key or a bad value;
+            the message names the key path and the file.
+    """
+    data: dict[str, Any] = {}
+    where = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{where}: config file not found")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        base = p.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate({**data, "base_dir": base})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{where}: [{key}] {msg}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its type, default and description (for the README)."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            if name == "base_dir":
+                continue
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            default = f.default
+            if isinstance(default, Path):
+                default = str(default)
+            rows.append(f"| `{prefix}{name}` | {tname} | `{default!r}` | {f.description or ''} |")
+
+    walk(Config, "")
+    return "\n".join(rows)
+
+
+def secret_from_env(var: str, what: str) -> str | None:
+    """Read a credential from the environment; None when unset (callers may fall back to netrc)."""
+    value = os.environ.get(var)
+    return value if value else None

@@ -1,0 +1,38 @@
+"""The interface every store implements.
+
+A store takes the files of one study under a planned project/subject/session label and says
+what it now holds. `has_session` lets a re-run skip work already done, which is what makes
+runs idempotent against stores rtlake does not own (XNAT, Orthanc).
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+from ..records import SessionPlan, StoredSession
+
+
+class Store(abc.ABC):
+    name: str = "store"
+    #: False for stores that pull the study themselves (XNAT DQR): then no files are retrieved.
+    needs_files: bool = True
+
+    @abc.abstractmethod
+    def has_session(self, plan: SessionPlan) -> bool:
+        """True when this study is already stored under this label."""
+
+    @abc.abstractmethod
+    def put_study(self, plan: SessionPlan, files: list[Path]) -> StoredSession:
+        """Store the files as one session; atomic per file, safe to repeat.
+
+        Raises:
+            StoreError (TransientError subclasses are retried by the caller).
+        """
+
+    def list_sessions(self) -> list[dict]:
+        """Rows of (project, subject, label, modality, date, study_uid, ...) the store holds."""
+        return []
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
