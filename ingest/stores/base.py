@@ -30,6 +30,23 @@ class Store(abc.ABC):
             StoreError (TransientError subclasses are retried by the caller).
         """
 
+    #: How many studies `put_studies` takes at once (stores that queue work remotely batch it).
+    batch_size: int = 1
+
+    def put_studies(self, items: list[tuple[SessionPlan, list[Path]]]) -> list[StoredSession | Exception]:
+        """Store several studies; one result per item, an exception object where that study failed.
+
+        The default calls put_study per item. Stores that hand work to a remote queue (XNAT DQR)
+        override it to send whole batches; the run calls it with at most `batch_size` items.
+        """
+        out: list[StoredSession | Exception] = []
+        for plan, files in items:
+            try:
+                out.append(self.put_study(plan, files))
+            except Exception as exc:  # noqa: BLE001 - returned, recorded by the caller
+                out.append(exc)
+        return out
+
     def list_sessions(self) -> list[dict]:
         """Rows of (project, subject, label, modality, date, study_uid, ...) the store holds."""
         return []
