@@ -38,6 +38,8 @@ _INCLUDE: dict[str, tuple[str, ...]] = {
     "NM Thyroid Scan": ("NM",),
     "Carotid Angiogram": ("XA",),
     "MDT Imaging Report Head and Neck": ("SR",),
+    # RT course exported from the planning system (no accession number); written by rtset.py only.
+    "RT Planning Head and Neck": ("CT", "RTSTRUCT", "RTPLAN", "RTDOSE"),
 }
 
 _EXCLUDE: dict[str, tuple[str, ...]] = {
@@ -67,10 +69,23 @@ _UNKNOWN: dict[str, tuple[str, ...]] = {
     "Structured Report Oncology": ("SR",),
 }
 
+# Descriptions the generator uses only for RT courses (never for random diagnostic studies).
+RT_COURSE_DESCRIPTION = "RT Planning Head and Neck"
+# RT verification (CBCT) studies: on neither list on purpose -- the run skips them by UID prefix
+# (harvest.skip_uid_prefixes) before any list is consulted.
+RT_VERIFICATION_DESCRIPTION = "CBCT Verification Head and Neck"
+
 INCLUDE_EXAMPLES: list[str] = list(_INCLUDE)
 EXCLUDE_EXAMPLES: list[str] = list(_EXCLUDE)
 UNKNOWN_EXAMPLES: list[str] = list(_UNKNOWN)
 
 MODALITIES: dict[str, tuple[str, ...]] = {**_INCLUDE, **_EXCLUDE, **_UNKNOWN}
 
-__all__ = ["INCLUDE_EXAMPLES", "EXCLUDE_EXAMPLES", "UNKNOWN_EXAMPLES", "MODALITIES"]
+__all__ = [
+    "INCLUDE_EXAMPLES",
+    "EXCLUDE_EXAMPLES",
+    "UNKNOWN_EXAMPLES",
+    "MODALITIES",
+    "RT_COURSE_DESCRIPTION",
+    "RT_VERIFICATION_DESCRIPTION",
+]
