@@ -96,6 +96,16 @@ class XnatStoreConfig(_Section):
     pacs_id: int = Field(1, description="DQR mode: XNAT's PACS id.")
     query_batch: int = Field(200, ge=1, description="DQR mode: rows per batch query.")
     import_batch: int = Field(50, ge=1, description="DQR mode: studies per import call.")
+    import_timeout: float = Field(
+        900.0, gt=0, description="Seconds to wait for XNAT to answer one session upload (it answers after archiving)."
+    )
+    create_project: bool = Field(True, description="Create the project when it does not exist (needs XNAT admin rights).")
+    dqr_wait_seconds: float = Field(
+        600.0, ge=0, description="DQR mode: how long to poll XNAT's import history for each batch's outcome."
+    )
+    dqr_failures_dir: Path | None = Field(
+        None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
+    )
 
 
 class OrthancStoreConfig(HttpAuth):
