@@ -36,6 +36,10 @@ class StoreError(RtlakeError):
     """A store refused or failed to take a study."""
 
 
+class StoreUnavailable(StoreError, TransientError):
+    """The store could not be reached or answered with a server error (timeout, 5xx)."""
+
+
 class InputFileError(PermanentError):
     """A side input (CSV, xlsx, JSON, DICOM) cannot be read; names file and row or line."""
 
