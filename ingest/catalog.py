@@ -125,6 +125,51 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
     """,
+    # 2: failure history (reporting): one row per failed study, keyed by StudyInstanceUID (else
+    #    accession), never deleted; every sighting in an imported file is appended to
+    #    failure_sightings; failure_imports remembers file contents already read (re-import adds nothing).
+    """
+    CREATE TABLE IF NOT EXISTS failure_history (
+        record_key VARCHAR PRIMARY KEY,   -- 'uid:<StudyInstanceUID>' or 'acc:<accession>'
+        study_uid VARCHAR,
+        accession VARCHAR,
+        study_id VARCHAR,
+        hospital_id VARCHAR,
+        subject VARCHAR,                  -- NHS number or NN_<hospital id>
+        study_date DATE,
+        description VARCHAR,
+        modalities VARCHAR,               -- backslash-joined
+        status VARCHAR NOT NULL,          -- derived from the record (StudyID / StudyInstanceUID present)
+        category VARCHAR,                 -- investigation category set by the admin
+        category_note VARCHAR,
+        placeholder BOOLEAN NOT NULL DEFAULT FALSE,  -- scheduled-date placeholder (2099-01-01)
+        origin VARCHAR,                   -- csc | dqr
+        source_file VARCHAR,
+        source_line INTEGER,
+        first_seen_run VARCHAR NOT NULL,
+        last_seen_run VARCHAR NOT NULL,
+        first_seen_at TIMESTAMP NOT NULL,
+        last_seen_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS failure_sightings (
+        record_key VARCHAR NOT NULL,
+        import_id VARCHAR NOT NULL,       -- sha256 of the file content
+        run_id VARCHAR NOT NULL,
+        source_file VARCHAR,
+        source_line INTEGER,
+        PRIMARY KEY (record_key, import_id, source_line)
+    );
+    CREATE TABLE IF NOT EXISTS failure_imports (
+        import_id VARCHAR PRIMARY KEY,
+        path VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        imported_at TIMESTAMP NOT NULL,
+        origin VARCHAR,
+        n_records INTEGER,
+        n_new INTEGER,
+        n_problems INTEGER
+    );
+    """,
 ]
 
 
