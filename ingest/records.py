@@ -77,6 +77,8 @@ class StoredSession:
     location: str
     scans: list["StoredScan"] = field(default_factory=list)
     files: list["StoredFile"] = field(default_factory=list)
+    #: (target, reason) for files of the study that could not be stored; the rest were.
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,181 @@
+"""A folder of DICOM files treated as a PACS (the embedded default, and the demo's PACS).
+
+Headers are indexed into a small DuckDB file keyed by path, size and mtime, so a re-run only
+reads files that are new or changed. Unreadable files are kept in the index with the reason,
+reported once per run through `failures()`, and never stop the indexing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..records import RetrievedStudy, StudyRecord
+from .base import Source
+
+log = logging.getLogger(__name__)
+
+_TAGS = [
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
+    "StudyDate", "StudyDescription", "Modality", "StudyID", "SpecificCharacterSet",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT,
+    patient_id VARCHAR, study_uid VARCHAR, series_uid VARCHAR, sop_uid VARCHAR,
+    accession VARCHAR, study_date DATE, description VARCHAR, modality VARCHAR, study_id VARCHAR,
+    error VARCHAR
+);
+"""
+
+
+def parse_da(value: object) -> dt.date | None:
+    """DICOM DA (YYYYMMDD, tolerating the old YYYY.MM.DD form); None when absent or invalid."""
+    text = str(value or "").strip().replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def read_header(path: Path) -> dict:
+    """The study-level tags of one file.
+
+    Raises:
+        ValueError: not DICOM, truncated, or without the UIDs a study needs.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except InvalidDicomError:
+        raise ValueError("not a DICOM file (no DICM preamble)") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated data
+        raise ValueError(f"unreadable DICOM: {type(exc).__name__}: {exc}") from None
+    missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID") if not str(ds.get(k, "")).strip()]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return {
+        "patient_id": str(ds.get("PatientID", "")).strip(),
+        "study_uid": str(ds.StudyInstanceUID).strip(),
+        "series_uid": str(ds.get("SeriesInstanceUID", "")).strip(),
+        "sop_uid": str(ds.SOPInstanceUID).strip(),
+        "accession": str(ds.get("AccessionNumber", "") or "").strip(),
+        "study_date": parse_da(ds.get("StudyDate")),
+        "description": str(ds.get("StudyDescription", "") or "").strip(),
+        "modality": str(ds.get("Modality", "") or "").strip().upper(),
+        "study_id": str(ds.get("StudyID", "") or "").strip(),
+    }
+
+
+class FolderSource(Source):
+    def __init__(self, root: Path, index_path: Path, name: str = "folder") -> None:
+        self.root = Path(root)
+        self.name = name
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(index_path))
+        self.con.execute(_SCHEMA)
+        self._indexed = False
+
+    # -- indexing -------------------------------------------------------------
+    def refresh_index(self, progress=None) -> tuple[int, int]:
+        """Bring the index up to date with the folder; returns (files read, files removed)."""
+        if not self.root.is_dir():
+            from ..errors import SourceUnavailable
+
+            raise SourceUnavailable(f"folder PACS {self.root} does not exist")
+        known = {p: (s, m) for p, s, m in self.con.execute("SELECT path, size, mtime_ns FROM instances").fetchall()}
+        seen: set[str] = set()
+        todo: list[tuple[str, int, int]] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if fn.startswith(".") or fn.upper() == "DICOMDIR":
+                    continue
+                full = os.path.join(dirpath, fn)
+                st = os.stat(full)
+                seen.add(full)
+                if known.get(full) != (st.st_size, st.st_mtime_ns):
+                    todo.append((full, st.st_size, st.st_mtime_ns))
+        gone = [p for p in known if p not in seen]
+        rows = []
+        task = progress.add_task("index PACS folder", total=len(todo)) if progress and todo else None
+        for full, size, mtime in todo:
+            try:
+                h = read_header(Path(full))
+                rows.append((full, size, mtime, h["patient_id"], h["study_uid"], h["series_uid"], h["sop_uid"],
+                             h["accession"], h["study_date"], h["description"], h["modality"], h["study_id"], None))
+            except ValueError as exc:
+                log.warning("%s: %s", full, exc)
+                rows.append((full, size, mtime, None, None, None, None, None, None, None, None, None, str(exc)))
+            if task is not None:
+                progress.advance(task)
+        self.con.execute("BEGIN")
+        if gone:
+            self.con.executemany("DELETE FROM instances WHERE path = ?", [[p] for p in gone])
+        if rows:
+            self.con.executemany("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        self.con.execute("COMMIT")
+        self._indexed = True
+        return len(todo), len(gone)
+
+    def _ensure_index(self) -> None:
+        if not self._indexed:
+            self.refresh_index()
+
+    def failures(self) -> list[tuple[str, str]]:
+        self._ensure_index()
+        return self.con.execute("SELECT path, error FROM instances WHERE error IS NOT NULL ORDER BY path").fetchall()
+
+    def patients(self) -> list[str]:
+        self._ensure_index()
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT patient_id FROM instances WHERE error IS NULL ORDER BY 1").fetchall()]
+
+    # -- Source ---------------------------------------------------------------
+    def _studies(self, where: str, params: list) -> Iterator[StudyRecord]:
+        self._ensure_index()
+        rows = self.con.execute(
+            f"""
+            SELECT study_uid, any_value(patient_id), max(accession), max(study_date), max(description),
+                   list(DISTINCT modality ORDER BY modality), count(*), max(study_id)
+            FROM instances WHERE error IS NULL AND {where}
+            GROUP BY study_uid ORDER BY max(study_date) NULLS FIRST, study_uid
+            """,
+            params,
+        ).fetchall()
+        for uid, pid, acc, date, desc, mods, n, sid in rows:
+            yield StudyRecord(
+                study_uid=uid, patient_id=pid or "", accession=acc or "", study_date=date,
+                description=desc or "", modalities=tuple(m for m in mods if m), n_instances=int(n),
+                study_id=sid or "", source=self.name,
+            )
+
+    def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
+        if since is None:
+            yield from self._studies("patient_id = ?", [patient_id])
+        else:
+            yield from self._studies("patient_id = ? AND (study_date IS NULL OR study_date >= ?)", [patient_id, since])
+
+    def find_accession(self, accession: str) -> list[StudyRecord]:
+        return list(self._studies("accession = ?", [accession]))
+
+    def retrieve(self, study: StudyRecord, dest: Path) -> RetrievedStudy:
+        """The files stay where they are: stores copy, they never move their input."""
+        self._ensure_index()
+        paths = [Path(r[0]) for r in self.con.execute(
+            "SELECT path FROM instances WHERE error IS NULL AND study_uid = ? ORDER BY path", [study.study_uid]
+        ).fetchall()]
+        present = [p for p in paths if p.is_file()]
+        return RetrievedStudy(study=study, files=present, expected=study.n_instances or len(paths))
+
+    def close(self) -> None:
+        self.con.close()
