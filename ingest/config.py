@@ -41,6 +41,9 @@ class FolderSourceConfig(_Section):
 class OrthancSourceConfig(HttpAuth):
     url: str = Field("http://127.0.0.1:8042", description="Orthanc REST base URL.")
     retrieve: Literal["wado-rs", "instances"] = Field("wado-rs", description="How to pull a study.")
+    series_details: bool = Field(
+        True, description="Second /tools/find per patient (Series level) for modalities and instance counts."
+    )
 
 
 class DicomWebSourceConfig(HttpAuth):
