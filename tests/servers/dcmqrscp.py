@@ -102,7 +102,7 @@ VendorTable BEGIN
 VendorTable END
 
 AETable BEGIN
-{aet} {db} RW (2000, 2048mb) ANY
+{aet} {db} RW (500, 1024mb) ANY
 AETable END
 """
     )
