@@ -121,7 +121,7 @@ def import_review(catalog: Catalog, workbook: Path, cfg, decided_by: str = "") -
     di, dd = header.index("description"), header.index("decision")
     ni = header.index("normalised") if "normalised" in header else None
     result = ImportResult()
-    now = dt.datetime.now().replace(microsecond=0)
+    now = dt.datetime.now()  # microseconds: a later import on the same second must still win
     new_rows = []
     for line, row in enumerate(rows[1:], start=2):
         desc = row[di] if di < len(row) else None

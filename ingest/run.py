@@ -25,6 +25,7 @@ from criteria.review import effective_lists
 
 from .catalog import Catalog
 from .config import Config
+from . import failpoints
 from .errors import RtlakeError, SourceUnavailable, TransientError
 from .lock import run_lock
 from .naming import base_label, unique_label
@@ -142,6 +143,7 @@ class UpdateRun:
                     self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ? WHERE hospital_id = ?",
                                      [self.today, self.run_id, hid])
             self.summary.counts["harvested"] += len(studies)
+            failpoints.hit("harvest.patient")
             self.progress.advance(task)
         for target, reason in self.source.failures():
             self.fail("index", target, reason)
@@ -297,7 +299,9 @@ class UpdateRun:
             if isinstance(res, Exception):
                 self._failed(plan, "store", res)
             else:
+                failpoints.hit("ingest.stored")
                 self._stored(plan, res, got)
+                failpoints.hit("ingest.recorded")
             self.progress.advance(task)
             for f in files:  # scratch copies only; the folder source hands out its own files
                 if self.cfg.state_dir in f.parents:
@@ -378,6 +382,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     if build_report:
                         from reporting.build import build_reports
 
+                        failpoints.hit("report.write")
                         run.summary.outputs = list(build_reports(cfg, cat, run.run_id))
                 except BaseException:
                     run.summary.status = "failed"

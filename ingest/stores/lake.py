@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 
+from .. import failpoints
 from ..atomic import copy_file, sweep_temp, write_text
 from ..errors import StoreError
 from ..naming import safe
@@ -102,6 +103,7 @@ class LakeStore(Store):
                     copy_file(f, target)
                 except OSError as exc:
                     raise StoreError(f"study {plan.study.study_uid}: cannot write {target}: {exc}") from exc
+                failpoints.hit("ingest.file")
             stored.append(StoredFile(sop, series_uid, str(target), size))
             counts[series_uid] += 1
             desc_of[series_uid] = sdesc
