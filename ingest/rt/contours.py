@@ -1,0 +1,129 @@
+"""Read an RTSTRUCT into plain arrays: one Roi per structure, each with its closed contours.
+
+ContourData is parsed from the raw bytes of the element (one split and one float conversion
+per contour) instead of through pydicom's DS objects, about five times faster on a
+head-and-neck set (notes/rt.md §6). Nothing is rasterised here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+
+from .verify import RtConversionError
+
+log = logging.getLogger(__name__)
+
+_CONTOUR_DATA = Tag(0x3006, 0x0050)
+
+
+@dataclass
+class Contour:
+    points: np.ndarray  # (N, 3) mm, patient space
+    geometric_type: str
+    image_uids: tuple[str, ...] = ()
+
+
+@dataclass
+class Roi:
+    number: int
+    name: str
+    frame_of_reference: str = ""
+    interpreted_type: str = ""
+    contours: list[Contour] = field(default_factory=list)
+    #: problems found while reading (two-point contours, open contours...), for the notes.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def closed(self) -> list[Contour]:
+        return [c for c in self.contours if c.geometric_type == "CLOSED_PLANAR" and len(c.points) >= 3]
+
+
+@dataclass
+class StructureSet:
+    path: Path
+    sop_uid: str
+    frame_of_reference: str
+    referenced_series: tuple[str, ...]
+    rois: list[Roi]
+    label: str = ""
+
+
+def parse_contour_data(item) -> np.ndarray:
+    """ContourData of one ContourSequence item as an (N, 3) float array."""
+    elem = item.get_item(_CONTOUR_DATA)
+    if elem is None:
+        return np.empty((0, 3))
+    value = elem.value
+    if isinstance(elem, RawDataElement) and isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("ascii", "replace").strip(" \x00")
+        if not text:
+            return np.empty((0, 3))
+        flat = np.array(text.split("\\"), dtype=np.float64)
+    else:
+        seq = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") else [value]
+        flat = np.array([float(v) for v in seq], dtype=np.float64)
+    if flat.size % 3:
+        flat = flat[: flat.size - flat.size % 3]
+    return flat.reshape(-1, 3)
+
+
+def read_structure_set(path: Path) -> StructureSet:
+    """Parse an RTSTRUCT file.
+
+    Raises:
+        RtConversionError: XIII_EXEC_001 when the file cannot be read or is not an RTSTRUCT.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001
+        raise RtConversionError("XIII_EXEC_001", f"{path}: cannot read RTSTRUCT: {exc}") from None
+    if str(ds.get("Modality", "")) != "RTSTRUCT":
+        raise RtConversionError("XIII_EXEC_001", f"{path}: not an RTSTRUCT (Modality {ds.get('Modality')})")
+    for_uid = ""
+    series: list[str] = []
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for_uid = for_uid or str(fr.get("FrameOfReferenceUID", ""))
+        for st in fr.get("RTReferencedStudySequence", []) or []:
+            for se in st.get("RTReferencedSeriesSequence", []) or []:
+                series.append(str(se.get("SeriesInstanceUID", "")))
+    rois: dict[int, Roi] = {}
+    for item in ds.get("StructureSetROISequence", []) or []:
+        num = int(item.get("ROINumber", -1))
+        rois[num] = Roi(
+            number=num,
+            name=str(item.get("ROIName", f"ROI_{num}")).strip() or f"ROI_{num}",
+            frame_of_reference=str(item.get("ReferencedFrameOfReferenceUID", "")),
+        )
+    for obs in ds.get("RTROIObservationsSequence", []) or []:
+        num = int(obs.get("ReferencedROINumber", -1))
+        if num in rois:
+            rois[num].interpreted_type = str(obs.get("RTROIInterpretedType", "") or "")
+    for rc in ds.get("ROIContourSequence", []) or []:
+        num = int(rc.get("ReferencedROINumber", -1))
+        roi = rois.get(num)
+        if roi is None:
+            roi = rois[num] = Roi(number=num, name=f"ROI_{num}")
+            roi.warnings.append(f"ROI number {num} has contours but no StructureSetROISequence entry")
+        for c in rc.get("ContourSequence", []) or []:
+            pts = parse_contour_data(c)
+            gtype = str(c.get("ContourGeometricType", "CLOSED_PLANAR") or "CLOSED_PLANAR").upper()
+            uids = tuple(str(ci.get("ReferencedSOPInstanceUID", "")) for ci in (c.get("ContourImageSequence", []) or []))
+            if gtype == "CLOSED_PLANAR" and len(pts) < 3:
+                roi.warnings.append(f"a closed contour with {len(pts)} point(s) was ignored")
+            roi.contours.append(Contour(points=pts, geometric_type=gtype, image_uids=uids))
+    label = str(ds.get("StructureSetLabel", "") or "")
+    return StructureSet(
+        path=Path(path),
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        frame_of_reference=for_uid,
+        referenced_series=tuple(s for s in series if s),
+        rois=sorted(rois.values(), key=lambda r: r.number),
+        label=label,
+    )
