@@ -1,0 +1,421 @@
+"""A classic DIMSE PACS: C-ECHO, C-FIND (Study Root), and C-GET or C-MOVE to our own storage SCP.
+
+Why the care: most PACS match case-sensitively (Orthanc's and dcmtk's DIMSE do), so description
+filters are applied here after folding both sides; a calling AE title the PACS does not know
+often gets an association but *no* C-FIND answer, which we report as a configuration problem
+rather than "no studies"; and every failure carries the DIMSE status code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind as FIND,
+    StudyRootQueryRetrieveInformationModelGet as GET,
+    StudyRootQueryRetrieveInformationModelMove as MOVE,
+    Verification,
+)
+
+from ..errors import SourceError, SourceUnavailable
+from ..records import RetrievedStudy, StudyRecord
+from ..transfer import Transfer, fetch_study_checked
+from ._files import ReceivedStudy
+from ._net import NodelayAE
+from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
+from .base import Source
+
+log = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+# C-GET asks for storage contexts in the same association (max 128 contexts in all).
+_GET_STORAGE = StoragePresentationContexts[:120]
+_STATUS_TEXT = {
+    0xA700: "out of resources", 0xA701: "out of resources (number of matches)",
+    0xA702: "out of resources (sub-operations)", 0xA801: "move destination unknown",
+    0xA900: "identifier does not match SOP class", 0xB000: "sub-operations completed with failures",
+    0xC000: "unable to process (unknown study or destination?)", 0xFE00: "cancelled",
+    0x0122: "SOP class not supported", 0x0124: "not authorised",
+}
+
+
+def status_text(code: int) -> str:
+    text = _STATUS_TEXT.get(code) or ("unable to process" if 0xC000 <= code <= 0xCFFF else "failure")
+    return f"DIMSE status 0x{code:04X} ({text})"
+
+
+class _MoveRouter:
+    """The built-in storage SCP for C-MOVE: sends each incoming instance to the study being moved."""
+
+    def __init__(self, ae_title: str, port: int, nodelay: bool, pacs: str) -> None:
+        self.pacs = pacs
+        self.active: dict[str, ReceivedStudy] = {}
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        ae = NodelayAE(ae_title, nodelay)
+        ae.supported_contexts = StoragePresentationContexts
+        ae.maximum_pdu_size = 0
+        self.server = ae.start_server(("127.0.0.1" if port == 0 else "", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self.server.server_address[1]
+
+    def _on_store(self, event) -> int:
+        uid = str(getattr(event.dataset, "StudyInstanceUID", ""))
+        with self.lock:
+            rec = self.active.get(uid)
+        if rec is None:
+            log.warning("%s: C-STORE for study %s that no move is waiting for; refused", self.pacs, uid)
+            return 0xA801 if not uid else 0xC000
+        try:
+            rec.add_bytes(event.encoded_dataset(), "C-STORE sub-operation")
+        except SourceError as exc:
+            with self.lock:
+                self.errors.append(str(exc))
+            log.warning("%s", exc)
+            return 0xC000
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class DimseSource(Source):
+    def __init__(self, host: str, port: int, called_aet: str, calling_aet: str = "RTLAKE", *,
+                 retrieve: str = "c-get", move_port: int = 11113, tcp_nodelay: bool = True,
+                 case_insensitive: bool = True, transfer: Transfer | None = None, name: str = "dimse") -> None:
+        self.host, self.port = host, port
+        self.called_aet, self.calling_aet = called_aet, calling_aet
+        self.mode = retrieve
+        self.move_port = move_port
+        self.nodelay = tcp_nodelay
+        self.case_insensitive = case_insensitive
+        self.transfer = transfer or Transfer(name)
+        self.name = name
+        self._find_assoc = None
+        self._find_lock = threading.Lock()
+        self._router: _MoveRouter | None = None
+        self._router_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg) -> "DimseSource":
+        d = cfg.source.dimse
+        return cls(d.host, d.port, d.called_aet, d.calling_aet, retrieve=d.retrieve, move_port=d.move_port,
+                   tcp_nodelay=d.tcp_nodelay, case_insensitive=d.case_insensitive,
+                   transfer=Transfer.from_config(cfg.source.transfer, cfg.source.name), name=cfg.source.name)
+
+    @property
+    def peer(self) -> str:
+        return f"{self.name} ({self.called_aet}@{self.host}:{self.port})"
+
+    # -- associations ------------------------------------------------------------------------
+    def _ae(self) -> NodelayAE:
+        ae = NodelayAE(self.calling_aet, self.nodelay)
+        t = self.transfer.read_timeout
+        ae.acse_timeout = t
+        ae.dimse_timeout = t  # waits for the next message: an idle timeout, not a whole-move deadline
+        ae.network_timeout = t
+        ae.connection_timeout = min(10.0, t)
+        ae.maximum_pdu_size = 0
+        return ae
+
+    def _associate(self, ae: NodelayAE, what: str, **kw):
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kw)
+        if assoc.is_established:
+            return assoc
+        if assoc.is_rejected:
+            rej = assoc.acceptor.primitive
+            detail = ""
+            if rej is not None:
+                detail = f" (result {rej.result}, source {rej.result_source}, reason {rej.diagnostic})"
+            raise SourceError(f"{self.peer}: association rejected for {what}{detail}; "
+                              f"check the called AE title and that {self.calling_aet} is registered on the PACS")
+        raise SourceUnavailable(f"{self.peer}: could not open an association for {what} "
+                                f"(connection refused, aborted or timed out)")
+
+    def echo(self) -> None:
+        """C-ECHO, so a misconfigured PACS fails at start-up with a clear message.
+
+        Raises:
+            SourceUnavailable/SourceError: unreachable, rejected, or a non-success status.
+        """
+        def once() -> None:
+            ae = self._ae()
+            ae.add_requested_context(Verification)
+            assoc = self._associate(ae, "C-ECHO")
+            try:
+                status = assoc.send_c_echo()
+            finally:
+                assoc.release()
+            if not status or "Status" not in status:
+                raise SourceUnavailable(f"{self.peer}: no C-ECHO response")
+            if status.Status != 0:
+                raise SourceError(f"{self.peer}: C-ECHO failed with {status_text(status.Status)}")
+
+        self.transfer.call(once, "C-ECHO")
+
+    # -- queries -----------------------------------------------------------------------------
+    def _find_association(self):
+        if self._find_assoc is None or not self._find_assoc.is_established:
+            ae = self._ae()
+            ae.add_requested_context(FIND)
+            self._find_assoc = self._associate(ae, "C-FIND")
+        return self._find_assoc
+
+    def _c_find(self, ds: Dataset, what: str) -> list[Dataset]:
+        """One C-FIND on a kept-open association (re-opened when the PACS dropped it)."""
+        with self._find_lock:
+            assoc = self._find_association()
+            answers: list[Dataset] = []
+            final = None
+            try:
+                for status, ident in assoc.send_c_find(ds, FIND):
+                    if not status or "Status" not in status:
+                        break
+                    if status.Status in PENDING:
+                        if ident is not None:
+                            answers.append(ident)
+                        continue
+                    final = status.Status
+            except (OSError, RuntimeError) as exc:
+                final = None
+                log.debug("C-FIND error: %s", exc)
+            if final is None:
+                self._drop_find_assoc()
+                raise SourceUnavailable(
+                    f"{self.peer}: {what}: no C-FIND response (association dropped or timed out; "
+                    f"is calling AE {self.calling_aet} allowed to query this PACS?)")
+            if final != 0x0000:
+                if final >= 0xA000:
+                    self._drop_find_assoc()
+                err = SourceUnavailable if final in (0xA700, 0xA701, 0xA702) else SourceError
+                raise err(f"{self.peer}: {what}: C-FIND failed with {status_text(final)}")
+            return answers
+
+    def _drop_find_assoc(self) -> None:
+        if self._find_assoc is not None:
+            try:
+                self._find_assoc.abort()
+            except Exception:  # noqa: BLE001 - closing a broken association must not mask the real error
+                pass
+            self._find_assoc = None
+
+    def find(self, q: StudyQuery) -> list[StudyRecord]:
+        """Study-level C-FIND; description filtered client-side when matching is case-insensitive."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.PatientID = q.patient_id or ""
+        ds.AccessionNumber = q.accession or ""
+        ds.StudyInstanceUID = q.study_uid or ""
+        ds.StudyDate = dicom_date_range(q.date_from, q.date_to)
+        send_desc = bool(q.description) and not self.case_insensitive
+        ds.StudyDescription = q.description if send_desc else ""
+        ds.ModalitiesInStudy = ""
+        ds.NumberOfStudyRelatedInstances = ""
+        ds.StudyID = ""
+        what = f"C-FIND ({q.describe()})"
+        answers = self.transfer.call(lambda: self._c_find(ds, what), what)
+        out = []
+        for a in answers:
+            uid = str(a.get("StudyInstanceUID", "") or "")
+            if not uid:
+                log.warning("%s: %s: skipped an answer without StudyInstanceUID", self.peer, what)
+                continue
+            desc = str(a.get("StudyDescription", "") or "")
+            if q.description and not description_matches(q.description, desc, case_sensitive=send_desc):
+                continue
+            mods = a.get("ModalitiesInStudy", "") or ""
+            mods = tuple(str(m) for m in (mods if not isinstance(mods, str) else mods.split("\\")) if m)
+            n = str(a.get("NumberOfStudyRelatedInstances", "") or "").strip()
+            rec = StudyRecord(
+                study_uid=uid,
+                patient_id=str(a.get("PatientID", "") or ""),
+                accession=str(a.get("AccessionNumber", "") or ""),
+                study_date=parse_dicom_date(str(a.get("StudyDate", "") or "")),
+                description=desc,
+                modalities=mods,
+                n_instances=int(n) if n.isdigit() else None,
+                study_id=str(a.get("StudyID", "") or ""),
+                source=self.name,
+            )
+            if not q.date_ok(rec.study_date) and rec.study_date is not None:
+                continue
+            out.append(rec)
+        if any(not r.modalities for r in out):
+            out = [r if r.modalities else replace(r, modalities=self._series_modalities(r.study_uid)) for r in out]
+        return out
+
+    def _series_modalities(self, study_uid: str) -> tuple[str, ...]:
+        """Modalities from a SERIES-level C-FIND, for PACS that do not return ModalitiesInStudy (dcmqrscp)."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "SERIES"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = ""
+        ds.Modality = ""
+        what = f"C-FIND series of study {study_uid}"
+        answers = self.transfer.call(lambda: self._c_find(ds, what), what)
+        mods: list[str] = []
+        for a in answers:
+            m = str(a.get("Modality", "") or "")
+            if m and m not in mods:
+                mods.append(m)
+        return tuple(mods)
+
+    def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
+        yield from self.find(StudyQuery(patient_id=patient_id, date_from=since))
+
+    def find_accession(self, accession: str) -> list[StudyRecord]:
+        return self.find(StudyQuery(accession=accession))
+
+    def find_study(self, study_uid: str) -> list[StudyRecord]:
+        return self.find(StudyQuery(study_uid=study_uid))
+
+    def list_instances(self, study_uid: str) -> dict[str, str]:
+        """SOPInstanceUID → SeriesInstanceUID from an IMAGE-level C-FIND (for the missing-instance pass)."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "IMAGE"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = ""
+        ds.SOPInstanceUID = ""
+        answers = self._c_find(ds, f"C-FIND instances of study {study_uid}")
+        return {str(a.SOPInstanceUID): str(a.get("SeriesInstanceUID", "")) for a in answers
+                if a.get("SOPInstanceUID")}
+
+    # -- retrieval ---------------------------------------------------------------------------
+    def _router_for_move(self) -> _MoveRouter:
+        with self._router_lock:
+            if self._router is None:
+                try:
+                    self._router = _MoveRouter(self.calling_aet, self.move_port, self.nodelay, self.peer)
+                except OSError as exc:
+                    raise SourceError(f"{self.peer}: cannot start the C-MOVE storage SCP on port "
+                                      f"{self.move_port}: {exc}") from None
+            return self._router
+
+    def _identifier(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "IMAGE" if sop_uid else "STUDY"
+        ds.StudyInstanceUID = study_uid
+        if sop_uid:
+            ds.SeriesInstanceUID = series_uid or ""
+            ds.SOPInstanceUID = sop_uid
+        return ds
+
+    def _check_final(self, final: Dataset | None, op: str, what: str, got: int) -> None:
+        if final is None:
+            raise SourceUnavailable(f"{self.peer}: {op} {what}: no final response after {got} instances "
+                                    "(association dropped or timed out)")
+        code = final.Status
+        if code in (0x0000, 0xB000):
+            return  # B000 = some sub-operations failed: the partial check and the re-try pass handle it
+        err = SourceUnavailable if code in (0xA700, 0xA701, 0xA702) else SourceError
+        raise err(f"{self.peer}: {op} {what} failed with {status_text(code)} after {got} instances")
+
+    def _c_get(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
+        ae = self._ae()
+        ae.add_requested_context(GET)
+        roles = []
+        for cx in _GET_STORAGE:
+            ae.add_requested_context(cx.abstract_syntax)
+            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+        errors: list[str] = []
+
+        def on_store(event) -> int:
+            try:
+                rec.add_bytes(event.encoded_dataset(), "C-STORE sub-operation")
+            except SourceError as exc:
+                errors.append(str(exc))
+                return 0xC000
+            return 0x0000
+
+        assoc = self._associate(ae, f"C-GET {what}", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        final = None
+        try:
+            for status, _ in assoc.send_c_get(ident, GET):
+                if not status or "Status" not in status:
+                    final = None
+                    break
+                if status.Status not in PENDING:
+                    final = status
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if errors and not rec.sops:
+            raise SourceError(errors[0])
+        self._check_final(final, "C-GET", what, len(rec.sops))
+
+    def _c_move(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
+        router = self._router_for_move()
+        ae = self._ae()
+        ae.add_requested_context(MOVE)
+        with router.lock:
+            router.active[rec.study_uid] = rec
+        final = None
+        try:
+            assoc = self._associate(ae, f"C-MOVE {what}")
+            try:
+                for status, _ in assoc.send_c_move(ident, self.calling_aet, MOVE):
+                    if not status or "Status" not in status:
+                        final = None
+                        break
+                    if status.Status not in PENDING:
+                        final = status
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        finally:
+            with router.lock:
+                router.active.pop(rec.study_uid, None)
+        if final is not None and final.Status == 0xA801:
+            raise SourceError(f"{self.peer}: C-MOVE {what}: move destination {self.calling_aet} unknown to the "
+                              f"PACS (register AE {self.calling_aet}, this host and port {router.port})")
+        self._check_final(final, "C-MOVE", what, len(rec.sops))
+
+    def _pull(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
+        (self._c_move if self.mode == "c-move" else self._c_get)(ident, rec, what)
+
+    def retrieve(self, study: StudyRecord, dest: Path) -> RetrievedStudy:
+        """C-GET/C-MOVE the study; when fewer instances arrive than the query promised, list the
+        study at IMAGE level and fetch the missing instances one by one.
+
+        Raises:
+            SourceError/SourceUnavailable (with the DIMSE status): nothing could be received.
+        """
+        uid = study.study_uid
+        rec = ReceivedStudy(dest, uid, self.peer)
+        listing: dict[str, str] = {}
+
+        def list_instances() -> dict[str, str]:
+            if not listing:
+                listing.update(self.list_instances(uid))
+            return listing
+
+        expected = study.n_instances
+        if expected is None:
+            expected = len(self.transfer.call(list_instances, f"list instances of study {uid}"))
+        result = fetch_study_checked(
+            self.transfer, f"study {uid}", expected, lambda: set(rec.sops),
+            lambda: self._pull(self._identifier(uid), rec, f"study {uid}"),
+            list_instances,
+            lambda sop, series: self._pull(self._identifier(uid, str(series), sop), rec, f"instance {sop} of study {uid}"))
+        if not rec.sops:
+            raise SourceError(f"{self.peer}: study {uid}: no instances received")
+        if not result.complete:
+            log.warning("%s: study %s partial: %s", self.peer, uid, result.describe())
+        return RetrievedStudy(study=study, files=rec.files, expected=result.expected)
+
+    def close(self) -> None:
+        with self._find_lock:
+            if self._find_assoc is not None and self._find_assoc.is_established:
+                self._find_assoc.release()
+            self._find_assoc = None
+        with self._router_lock:
+            if self._router is not None:
+                self._router.stop()
+                self._router = None
