@@ -1,0 +1,142 @@
+"""Failure history in the catalog: every failure list ever imported, de-duplicated, never lost.
+
+The SOP's failure list was a text file someone had to concatenate by hand; forgetting once lost
+the earlier failures. Here each imported file is remembered by its content hash (importing it
+again adds nothing), each failed study is one `failure_history` row keyed by StudyInstanceUID
+(else accession) with the first and last run that saw it, and each sighting (file, line, run) is
+appended to `failure_sightings`. Scheduled-date placeholders (2099-01-01) are kept but flagged,
+so reports can leave them out as the SOP asks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.catalog import Catalog
+from ingest.patients import InputProblem
+
+from .dates import parse_date
+from .failures import FailureRecord, parse_failure_file
+from .nhs import NhsMapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImportResult:
+    path: Path
+    import_id: str = ""
+    already_imported: bool = False
+    n_records: int = 0
+    n_new: int = 0
+    n_seen_again: int = 0
+    problems: list[InputProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.already_imported:
+            return f"{self.path}: already imported (same content); nothing added"
+        return (f"{self.path}: {self.n_records} records, {self.n_new} new, {self.n_seen_again} seen before, "
+                f"{len(self.problems)} problems")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().replace(microsecond=0)
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def import_failure_file(
+    catalog: Catalog,
+    path: Path,
+    run_id: str,
+    origin: str = "csc",
+    placeholder_dates: Sequence[str] = ("2099-01-01",),
+    mapping: NhsMapping | None = None,
+) -> ImportResult:
+    """Parse one failure file into the history; problems go to the catalog's failures table too."""
+    path = Path(path)
+    result = ImportResult(path=path)
+    if not path.is_file():
+        result.problems.append(InputProblem(str(path), 0, "file not found"))
+        _record_problems(catalog, run_id, result.problems)
+        return result
+    result.import_id = file_hash(path)
+    seen = catalog.execute("SELECT 1 FROM failure_imports WHERE import_id = ?", [result.import_id]).fetchone()
+    if seen is not None:
+        result.already_imported = True
+        return result
+    parsed = parse_failure_file(path)
+    result.problems = parsed.problems
+    result.notes = parsed.notes
+    result.n_records = len(parsed.records)
+    placeholders = {parse_date(d) for d in placeholder_dates}
+    now = _now()
+    with catalog.transaction() as con:
+        for rec in parsed.records:
+            new = _upsert(con, rec, run_id, origin, rec.study_date in placeholders, mapping, now)
+            if new:
+                result.n_new += 1
+            else:
+                result.n_seen_again += 1
+            con.execute(
+                "INSERT INTO failure_sightings VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [rec.key, result.import_id, run_id, str(path), rec.source_line],
+            )
+        con.execute(
+            "INSERT INTO failure_imports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [result.import_id, str(path), run_id, now, origin, result.n_records, result.n_new, len(result.problems)],
+        )
+    _record_problems(catalog, run_id, result.problems)
+    log.info("%s", result.describe())
+    return result
+
+
+def _upsert(con, rec: FailureRecord, run_id: str, origin: str, placeholder: bool,
+            mapping: NhsMapping | None, now: dt.datetime) -> bool:
+    subject = mapping.subject_for(rec.hospital_id) if (mapping is not None and rec.hospital_id) else (
+        f"NN_{rec.hospital_id}" if rec.hospital_id else None)
+    row = con.execute("SELECT 1 FROM failure_history WHERE record_key = ?", [rec.key]).fetchone()
+    values = [rec.study_uid or None, rec.accession or None, rec.study_id or None, rec.hospital_id or None, subject,
+              rec.study_date, rec.description or None, "\\".join(rec.modalities) or None]
+    if row is None:
+        con.execute(
+            "INSERT INTO failure_history (record_key, study_uid, accession, study_id, hospital_id, subject, study_date,"
+            " description, modalities, status, placeholder, origin, source_file, source_line, first_seen_run,"
+            " last_seen_run, first_seen_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [rec.key, *values, rec.status, placeholder, origin, rec.source_file, rec.source_line, run_id, run_id, now, now],
+        )
+        return True
+    # Seen before: newer lists may know more (a StudyID assigned later); fill gaps, keep what we had.
+    con.execute(
+        """UPDATE failure_history SET
+             study_uid = coalesce(study_uid, ?), accession = coalesce(accession, ?), study_id = coalesce(study_id, ?),
+             hospital_id = coalesce(hospital_id, ?), subject = coalesce(?, subject), study_date = coalesce(study_date, ?),
+             description = coalesce(description, ?), modalities = coalesce(modalities, ?),
+             status = ?,
+             last_seen_run = ?, last_seen_at = ?
+           WHERE record_key = ?""",
+        [*values, rec.status, run_id, now, rec.key],
+    )
+    return False
+
+
+def _record_problems(catalog: Catalog, run_id: str, problems: Iterable[InputProblem]) -> None:
+    for p in problems:
+        catalog.record_failure(run_id, "report", f"{p.path}:{p.line}", p.message, error_type="FailureFileProblem")
+
+
+def import_failure_files(catalog: Catalog, paths: Iterable[Path], run_id: str, **kw) -> list[ImportResult]:
+    return [import_failure_file(catalog, p, run_id, **kw) for p in paths]
+
+
+def history_rows(catalog: Catalog, include_placeholders: bool = False) -> list[dict]:
+    where = "" if include_placeholders else "WHERE NOT placeholder"
+    return catalog.query_dicts(f"SELECT * FROM failure_history {where} ORDER BY subject, study_date, record_key")
