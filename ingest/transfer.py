@@ -138,7 +138,7 @@ def retrying(retries: int, backoff: float, what: str = "request",
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
         stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential_jitter(initial=backoff, max=max(backoff * 32, backoff), jitter=backoff)
+        wait=(tenacity.wait_exponential(multiplier=backoff, max=backoff * 32) + tenacity.wait_random(0, backoff))
         if backoff > 0 else tenacity.wait_none(),
         before_sleep=_log,
         reraise=True,

@@ -89,10 +89,12 @@ class _MoveRouter:
 class DimseSource(Source):
     def __init__(self, host: str, port: int, called_aet: str, calling_aet: str = "RTLAKE", *,
                  retrieve: str = "c-get", move_port: int = 11113, tcp_nodelay: bool = True,
-                 case_insensitive: bool = True, transfer: Transfer | None = None, name: str = "dimse") -> None:
+                 case_insensitive: bool = True, transfer: Transfer | None = None, name: str = "dimse",
+                 move_aet: str | None = None) -> None:
         self.host, self.port = host, port
         self.called_aet, self.calling_aet = called_aet, calling_aet
         self.mode = retrieve
+        self.move_aet = move_aet or calling_aet  # destination AE of C-MOVE (our built-in SCP)
         self.move_port = move_port
         self.nodelay = tcp_nodelay
         self.case_insensitive = case_insensitive
@@ -292,7 +294,7 @@ class DimseSource(Source):
         with self._router_lock:
             if self._router is None:
                 try:
-                    self._router = _MoveRouter(self.calling_aet, self.move_port, self.nodelay, self.peer)
+                    self._router = _MoveRouter(self.move_aet, self.move_port, self.nodelay, self.peer)
                 except OSError as exc:
                     raise SourceError(f"{self.peer}: cannot start the C-MOVE storage SCP on port "
                                       f"{self.move_port}: {exc}") from None
@@ -360,7 +362,7 @@ class DimseSource(Source):
         try:
             assoc = self._associate(ae, f"C-MOVE {what}")
             try:
-                for status, _ in assoc.send_c_move(ident, self.calling_aet, MOVE):
+                for status, _ in assoc.send_c_move(ident, self.move_aet, MOVE):
                     if not status or "Status" not in status:
                         final = None
                         break
@@ -372,9 +374,10 @@ class DimseSource(Source):
         finally:
             with router.lock:
                 router.active.pop(rec.study_uid, None)
-        if final is not None and final.Status == 0xA801:
-            raise SourceError(f"{self.peer}: C-MOVE {what}: move destination {self.calling_aet} unknown to the "
-                              f"PACS (register AE {self.calling_aet}, this host and port {router.port})")
+        if final is not None and final.Status == 0xA801 or (final is not None and final.Status == 0xC000
+                                                             and not rec.sops):
+            raise SourceError(f"{self.peer}: C-MOVE {what} failed with {status_text(final.Status)}: is the move "
+                              f"destination {self.move_aet} (this host, port {router.port}) registered on the PACS?")
         self._check_final(final, "C-MOVE", what, len(rec.sops))
 
     def _pull(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
