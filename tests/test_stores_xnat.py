@@ -1,0 +1,225 @@
+"""The XNAT store, driven through the real `xnat` client against the REST emulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.errors import StoreError, StoreUnavailable, TransientError
+from ingest.records import SessionPlan, StudyRecord
+from ingest.stores import open_store
+
+
+def plan_for(st, subject: str, label: str | None = None, project: str = "RTLAKE", hospital_id: str = "H0001"):
+    rec = StudyRecord(study_uid=st.study_uid, patient_id=st.patient_id, accession=st.accession,
+                      study_date=st.study_date, modalities=(st.modality,))
+    return SessionPlan(project=project, subject=subject, label=label or st.accession, study=rec,
+                       hospital_id=hospital_id)
+
+
+def test_upload_creates_project_subject_and_session_then_skips(xnat_server, xnat_cfg, make_study):
+    store = open_store(xnat_cfg())
+    st = make_study("H0001", "ACC100", n_series=2, n_instances=3)
+    plan = plan_for(st, "9434765919")
+    try:
+        assert not store.has_session(plan)
+        stored = store.put_study(plan, st.files)
+    finally:
+        store.close()
+
+    assert "RTLAKE" in xnat_server.projects
+    e = xnat_server.find_experiment("RTLAKE", "ACC100")
+    assert e is not None and e.uid == st.study_uid and e.xsi_type == "xnat:ctSessionData"
+    assert xnat_server.subject_label(e.subject_id) == "9434765919"
+    assert sorted(len(s.sop_uids) for s in e.scans.values()) == [3, 3]
+    assert e.date == "2023-05-17"
+    assert len(stored.scans) == 2 and len(stored.files) == 6
+    assert stored.location.endswith(f"/data/experiments/{e.id}")
+
+    # a new store object (a second run) sees it is there and uploads nothing
+    store2 = open_store(xnat_cfg())
+    try:
+        assert store2.has_session(plan)
+        again = store2.put_study(plan, st.files)  # repeating a put is safe too
+    finally:
+        store2.close()
+    assert again.location == stored.location
+    assert xnat_server.count("POST", r"^/data/services/import$") == 1
+
+
+def test_nn_subject_and_several_sessions_per_subject(xnat_server, xnat_cfg, make_study):
+    store = open_store(xnat_cfg())
+    a = make_study("H0002", "ACC201", modality="MR")
+    b = make_study("H0002", "ACC202")
+    try:
+        store.put_study(plan_for(a, "NN_H0002", hospital_id="H0002"), a.files)
+        store.put_study(plan_for(b, "NN_H0002", hospital_id="H0002"), b.files)
+    finally:
+        store.close()
+    ea, eb = xnat_server.find_experiment("RTLAKE", "ACC201"), xnat_server.find_experiment("RTLAKE", "ACC202")
+    assert ea.subject_id == eb.subject_id
+    assert xnat_server.subject_label(ea.subject_id) == "NN_H0002"
+    assert ea.xsi_type == "xnat:mrSessionData"
+    assert len([s for s in xnat_server.subjects.values() if s["label"] == "NN_H0002"]) == 1
+
+
+def test_expired_server_session_logs_in_again(xnat_server, xnat_cfg, make_study):
+    store = open_store(xnat_cfg())
+    a, b = make_study("H0003", "ACC301"), make_study("H0003", "ACC302")
+    try:
+        store.put_study(plan_for(a, "9434765870"), a.files)
+        xnat_server.expire_sessions()
+        store.put_study(plan_for(b, "9434765870"), b.files)
+        assert store.client.logins == 2
+    finally:
+        store.close()
+    assert xnat_server.find_experiment("RTLAKE", "ACC302") is not None
+
+
+def test_server_errors_are_retried(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    fault = xnat_server.add_fault("POST", r"^/data/services/import$", status=503, body="busy", times=2)
+    store = open_store(xnat_cfg())
+    st = make_study("H0004", "ACC401")
+    try:
+        store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert fault.hits == 2
+    assert xnat_server.count("POST", r"^/data/services/import$") == 3
+    assert xnat_server.find_experiment("RTLAKE", "ACC401") is not None
+
+
+def test_import_timeout_is_not_uploaded_twice(xnat_server, xnat_cfg, make_study):
+    """XNAT archives the session but answers after our read timeout: the retry finds it archived."""
+    xnat_server.add_project("RTLAKE")
+    xnat_server.add_fault("POST", r"^/data/services/import$", status=None, delay=3.0, after=True)
+    store = open_store(xnat_cfg(**{"store.xnat.import_timeout": 1.0}))
+    st = make_study("H0005", "ACC501")
+    try:
+        stored = store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert xnat_server.count("POST", r"^/data/services/import$") == 1
+    assert stored.location.endswith(xnat_server.find_experiment("RTLAKE", "ACC501").id)
+
+
+def test_persistent_server_error_is_transient_and_names_server_and_study(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    xnat_server.add_fault("POST", r"^/data/services/import$", status=500, body="boom", times=10)
+    store = open_store(xnat_cfg())
+    st = make_study("H0006", "ACC601")
+    try:
+        with pytest.raises(StoreUnavailable) as ei:
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    msg = str(ei.value)
+    assert isinstance(ei.value, TransientError)
+    assert xnat_server.url in msg and st.study_uid in msg and "500" in msg
+    assert "9434765919" not in msg
+    assert xnat_server.count("POST", r"^/data/services/import$") == 3  # 1 + 2 retries
+
+
+def test_forbidden_project_is_a_clear_permanent_error(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    xnat_server.forbidden_projects.add("RTLAKE")
+    store = open_store(xnat_cfg())
+    st = make_study("H0007", "ACC701")
+    try:
+        with pytest.raises(StoreError) as ei:
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert not isinstance(ei.value, TransientError)
+    assert "403" in str(ei.value) and xnat_server.url in str(ei.value) and st.study_uid in str(ei.value)
+    assert "9434765919" not in str(ei.value)
+
+
+def test_missing_project_without_create_rights(xnat_server, xnat_cfg, make_study):
+    store = open_store(xnat_cfg(**{"store.xnat.create_project": False}))
+    st = make_study("H0008", "ACC801")
+    try:
+        with pytest.raises(StoreError, match="project RTLAKE does not exist"):
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    # and a non-admin cannot create it: refused, not retried
+    xnat_server.admin_users.clear()
+    store = open_store(xnat_cfg())
+    try:
+        with pytest.raises(StoreError, match="403"):
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+
+
+def test_wrong_credentials(xnat_server, xnat_cfg, make_study, monkeypatch):
+    monkeypatch.setenv("RTLAKE_XNAT_PASSWORD", "wrong")
+    store = open_store(xnat_cfg())
+    st = make_study("H0009", "ACC901")
+    with pytest.raises(StoreError, match="login refused") as ei:
+        store.put_study(plan_for(st, "9434765919"), st.files)
+    assert not isinstance(ei.value, TransientError)
+    assert "wrong" not in str(ei.value)
+
+
+def test_label_taken_by_another_study_follows_overwrite_policy(xnat_server, xnat_cfg, make_study):
+    a = make_study("H0010", "ACC1001")
+    b = make_study("H0010", "ACC1001")  # same accession, another study
+    store = open_store(xnat_cfg())
+    try:
+        store.put_study(plan_for(a, "9434765919"), a.files)
+        with pytest.raises(StoreError, match="label already used"):
+            store.put_study(plan_for(b, "9434765919"), b.files)
+    finally:
+        store.close()
+    assert xnat_server.find_experiment("RTLAKE", "ACC1001").uid == a.study_uid
+
+    store = open_store(xnat_cfg(**{"store.xnat.overwrite": "delete"}))
+    try:
+        store.put_study(plan_for(b, "9434765919"), b.files)
+        assert store.has_session(plan_for(b, "9434765919"))
+    finally:
+        store.close()
+    assert xnat_server.find_experiment("RTLAKE", "ACC1001").uid == b.study_uid
+
+
+def test_a_file_of_another_study_is_refused_before_upload(xnat_server, xnat_cfg, make_study):
+    a, b = make_study("H0011", "ACC1101"), make_study("H0011", "ACC1102")
+    store = open_store(xnat_cfg())
+    try:
+        with pytest.raises(StoreError, match=str(b.files[0].name)):
+            store.put_study(plan_for(a, "9434765919"), a.files + b.files[:1])
+    finally:
+        store.close()
+    assert xnat_server.count("POST", r"^/data/services/import$") == 0
+
+
+def test_put_studies_returns_one_result_per_item(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    xnat_server.add_fault("POST", r"^/data/services/import$", status=403, body="nope", times=1)
+    a, b = make_study("H0012", "ACC1201"), make_study("H0012", "ACC1202")
+    store = open_store(xnat_cfg())
+    try:
+        results = store.put_studies([(plan_for(a, "9434765919"), a.files), (plan_for(b, "9434765919"), b.files)])
+    finally:
+        store.close()
+    assert isinstance(results[0], StoreError) and a.study_uid in str(results[0])
+    assert results[1].location.endswith(xnat_server.find_experiment("RTLAKE", "ACC1202").id)
+
+
+def test_session_listing_by_type(xnat_server, xnat_cfg, make_study):
+    a = make_study("H0013", "ACC1301", modality="MR", n_series=3)
+    b = make_study("H0013", "ACC1302")
+    store = open_store(xnat_cfg())
+    try:
+        store.put_study(plan_for(a, "NN_H0013"), a.files)
+        store.put_study(plan_for(b, "NN_H0013"), b.files)
+        mr = store.session_rows("xnat:mrSessionData")
+        allrows = store.list_sessions()
+    finally:
+        store.close()
+    assert [(r["label"], r["n_scans"], r["study_uid"], r["subject"], r["modality"]) for r in mr] == [
+        ("ACC1301", 3, a.study_uid, "NN_H0013", "MR")]
+    assert sorted(r["label"] for r in allrows) == ["ACC1301", "ACC1302"]
+    assert all(r["creator"] == "rtlake" and r["date"] == "2023-05-17" for r in allrows)
