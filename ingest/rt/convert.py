@@ -99,7 +99,8 @@ def convert_patient(job: PatientJob, opts: ConvertOptions = ConvertOptions()) ->
     if not opts.force and is_done(folder):
         notes = PatientNotes.read(folder / NOTES)
         return PatientResult(job.patient, notes.status, notes.patientimagingfilesready, skipped=True,
-                             study_uid=notes.linkage.get("study_uid"))
+                             study_uid=notes.linkage.get("study_uid"),
+                             n_rois=sum(1 for s in notes.structures.values() if s.get("voxels")))
     notes = PatientNotes(patient=job.patient)
     result = PatientResult(job.patient, "RUNNING", False)
     try:
