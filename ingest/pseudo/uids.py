@@ -79,18 +79,25 @@ class References:
         return [r for r in self.referenced if r[1] not in self.defined[r[0]]]
 
 
-def _walk_refs(ds: Dataset, where: str, refs: References, top: bool) -> None:
+_STUDY_CLASSES = {"1.2.840.10008.3.1.2.3.1"}  # Detached Study Management: the "instance" is a study
+_EXTERNAL_CLASSES = {"1.2.840.10008.3.1.2.3.3"}  # Modality Performed Procedure Step: lives in the RIS
+
+
+def _walk_refs(ds: Dataset, where: str, refs: References, top: bool, parent: str = "") -> None:
     for elem in ds:
         kw = elem.keyword
         if elem.VR == "SQ":
             for item in elem.value:
-                # a SeriesInstanceUID / StudyInstanceUID inside a sequence is a reference
-                for k in ("SeriesInstanceUID",):
-                    if k in item and kw in ("ReferencedSeriesSequence", "RTReferencedSeriesSequence"):
-                        refs.referenced.append(("series", str(item.get(k)), where))
-                _walk_refs(item, where, refs, top=False)
+                if kw in ("ReferencedSeriesSequence", "RTReferencedSeriesSequence") and item.get("SeriesInstanceUID"):
+                    refs.referenced.append(("series", str(item.SeriesInstanceUID), where))
+                _walk_refs(item, where, refs, top=False, parent=kw)
         elif top and kw in _DEFINES and elem.value:
             refs.defined[_DEFINES[kw]].add(str(elem.value))
+        elif kw == "ReferencedSOPInstanceUID" and elem.value:
+            cls = str(ds.get("ReferencedSOPClassUID", ""))
+            if cls in _EXTERNAL_CLASSES:
+                continue
+            refs.referenced.append(("study" if cls in _STUDY_CLASSES else "sop", str(elem.value), where))
         elif kw in _REFERS and elem.value:
             refs.referenced.append((_REFERS[kw], str(elem.value), where))
 

@@ -1,0 +1,126 @@
+"""`rtlake pseudo`: pseudonymise folders outside an update run, look pseudonyms up, check links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+pseudo_app = typer.Typer(
+    help="Pseudonymise DICOM studies with a secret key (deterministic, references kept) and re-identify.",
+    no_args_is_help=True,
+)
+
+_ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
+
+
+def _echo_err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@pseudo_app.command("run")
+def run(
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Folders (or files) of DICOM and XML to pseudonymise."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the pseudonymised copies (laid out by pseudonyms)."),
+    list_file: Optional[Path] = typer.Option(
+        None, "--list", help="xlsx or CSV with a column path (or DAMS Patient_Dir_Paths) of folders to do."
+    ),
+    config: Optional[Path] = _ConfigOpt,
+    catalog: bool = typer.Option(True, "--catalog/--no-catalog", help="Record problems in the catalog (stage pseudo)."),
+) -> None:
+    """Pseudonymise folders into --out; originals are only read. Exit 1 when any file failed."""
+    from ingest.cli import load
+
+    from ..errors import ConfigError, InputFileError
+    from .batch import read_input_list, run_batch
+    from .keys import load_key
+    from .profile import load_profile
+
+    cfg = load(config)
+    folders = list(inputs or [])
+    try:
+        if list_file is not None:
+            folders += read_input_list(list_file)
+        if not folders:
+            _echo_err("error: give folders to pseudonymise or --list")
+            raise typer.Exit(2)
+        key = load_key(cfg.pseudo.key_env)
+        profile = load_profile(cfg.pseudo.profile)
+        report = run_batch(key, profile, cfg.pseudo.uid_root, cfg.pseudo.mapping, folders, out)
+    except ConfigError as exc:
+        _echo_err(f"config error: {exc}")
+        raise typer.Exit(2) from None
+    except InputFileError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if catalog and report.problems:
+        _record_failures(cfg, report.problems)
+    typer.echo(
+        f"{report.dicom_written} DICOM and {report.xml_written} XML files from {report.inputs} input(s), "
+        f"{len(report.patients)} patient(s) → {report.out}; {report.new_mappings} new mapping rows"
+    )
+    for path, reason in report.problems:
+        _echo_err(f"FAILED {path}: {reason}")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+def _record_failures(cfg, problems: list[tuple[str, str]]) -> None:
+    from ..catalog import Catalog
+    from ..lock import run_lock
+
+    with run_lock(cfg.state_dir):
+        cat = Catalog(cfg.catalog_path)
+        try:
+            run_id = cat.start_run("pseudo", "folder")
+            for path, reason in problems:
+                cat.record_failure(run_id, "pseudo", path, reason, error_type="InputFileError")
+            cat.finish_run(run_id, "done", {"pseudo_failed": len(problems)})
+        finally:
+            cat.close()
+
+
+@pseudo_app.command("lookup")
+def lookup(
+    value: str = typer.Argument(..., help="A pseudonym (or an original) to look up: patient, subject, session or UID."),
+    config: Optional[Path] = _ConfigOpt,
+) -> None:
+    """Authorised re-identification: needs the project key in the environment and the mapping table.
+
+    Prints kind, original and pseudonym (tab-separated) for every matching row; exit 1 if none.
+    """
+    from ingest.cli import load
+
+    from ..errors import ConfigError
+    from .keys import load_key
+    from .mapping import MappingTable
+
+    cfg = load(config)
+    try:
+        key = load_key(cfg.pseudo.key_env)
+        with MappingTable(cfg.pseudo.mapping, key.fingerprint, read_only=True) as table:
+            rows = table.lookup(value.strip())
+    except ConfigError as exc:
+        _echo_err(f"config error: {exc}")
+        raise typer.Exit(2) from None
+    if not rows:
+        _echo_err("no mapping for that value")
+        raise typer.Exit(1)
+    for r in rows:
+        typer.echo(f"{r['kind']}\t{r['original']}\t{r['pseudonym']}")
+
+
+@pseudo_app.command("check")
+def check(folder: Path = typer.Argument(..., help="Folder of (pseudonymised) DICOM files.")) -> None:
+    """List references (SOP instance, series, frame of reference) that point outside the folder."""
+    from .uids import collect_references
+
+    files = sorted(p for p in folder.rglob("*.dcm") if p.is_file())
+    refs = collect_references(files)
+    missing = refs.unresolved()
+    for kind, uid, where in missing:
+        typer.echo(f"UNRESOLVED {kind} {uid} in {where}")
+    typer.echo(f"{len(files)} files, {len(refs.referenced)} references, {len(missing)} unresolved")
+    if missing:
+        raise typer.Exit(1)
