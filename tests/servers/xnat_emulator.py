@@ -140,6 +140,7 @@ class XnatEmulator:
         # --- DQR side: the PACS XNAT pulls from, and how the plugin misbehaves -------------
         self.dqr_pacs: dict[str, dict] = {}  # studyInstanceUid -> study object (plugin's JSON shape)
         self.dqr_fail_uids: set[str] = set()  # studies whose import ends FAILED
+        self.dqr_stuck_uids: set[str] = set()  # studies whose queue entry never leaves QUEUED
         self.dqr_problem_answers = 0  # next N DQR POSTs answer 200 "There was a problem..."
         self.dqr_non_json_answers = 0  # next N DQR POSTs answer 200 with an HTML page
         self.dqr_history: dict[int, dict] = {}
@@ -183,6 +184,17 @@ class XnatEmulator:
         with self.lock:
             self.faults.append(f)
         return f
+
+    def add_pacs_study(self, uid: str, accession: str, patient_id: str, study_date: str = "20230517",
+                       description: str = "CT HEAD", modalities: tuple[str, ...] = ("CT",), study_id: str = "1",
+                       sex: str = "F") -> None:
+        """Put a study on the PACS the DQR plugin queries (the plugin's study JSON shape)."""
+        with self.lock:
+            self.dqr_pacs[uid] = {
+                "studyInstanceUid": uid, "studyId": study_id, "accessionNumber": accession,
+                "studyDate": study_date, "studyDescription": description, "modalitiesInStudy": list(modalities),
+                "referringPhysicianName": "", "patient": {"id": patient_id, "name": "SYNTH^DQR", "sex": sex},
+            }
 
     def expire_sessions(self) -> None:
         """Forget every JSESSION, as XNAT does when a session times out."""
@@ -742,6 +754,8 @@ class _Handler(BaseHTTPRequestHandler):
                     uid = s.get("studyInstanceUid", "")
                     relabel = s.get("relabelMap") or {}
                     status = "FAILED" if (uid in emu.dqr_fail_uids or uid not in emu.dqr_pacs) else "RECEIVED"
+                    if uid in emu.dqr_stuck_uids:
+                        status = "QUEUED"
                     entry = {"id": qid, "pacsId": req.get("pacsId"), "status": "QUEUED",
                              "accessionNumber": s.get("accessionNumber", ""), "studyInstanceUid": uid,
                              "queuedTime": int(time.time() * 1000), "created": int(time.time() * 1000),
