@@ -1,16 +1,30 @@
 """Everything `rtlake update` / `rtlake report` hand over at the end of a run.
 
-`build_reports` is the one entry point: it reads the catalog (and the side inputs named in the
-config), builds the master availability sheet and writes the EDW outbox files. Input problems
-(bad reference-date rows, ...) are recorded as catalog failures with stage `report`, so they
-show up in the run summary instead of vanishing; the build itself goes on.
+`build_reports` is the one entry point: it imports any failure JSON the XNAT DQR store left in
+`<state_dir>/dqr-failures/`, reads the cohort and reference dates, builds the master
+availability sheet from the catalog (failures as their own block), checks failure rates against
+the baseline, and writes:
+
+  <outbox>/master-availability-<date>.xlsx   Master, Failures, Problems, Provenance sheets
+  <outbox>/master-availability-<date>.csv    the Master sheet
+  <outbox>/failures-<date>.csv               the failure list for the EDW record
+  <state_dir>/reports/failure-report-<date>.html   the admin's investigation report
+
+Input problems (bad reference-date rows, unreadable failure fragments) are recorded as catalog
+failures with stage `report` and listed in the Problems sheet; the build goes on.
+`build_from_folder` does the same from the SOP's folder of hand-downloaded XNAT CSVs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from ingest.catalog import Catalog
 from ingest.config import Config
@@ -19,59 +33,209 @@ from ingest.patients import InputProblem
 
 from . import edw
 from .catalog_source import cohort_subjects, sessions_from_catalog
-from .master import build_master
+from .history import history_rows, import_failure_file
+from .html import failure_modality, write_report
+from .master import FAILURE_COLUMNS, MasterSheet, build_master
+from .nhs import NhsMapping, load_mapping
+from .rates import RunRate, failure_rates, rate_warnings
 from .refdates import read_reference_dates
 
 log = logging.getLogger(__name__)
 
+DQR_FAILURE_DIR = "dqr-failures"
+FAILURES_STEM = "failures"
+REPORT_STEM = "failure-report"
+
+FAILURE_SHEET_COLUMNS = [
+    ("Subject", "subject"), ("Study Date", "study_date"), ("Accession", "accession"),
+    ("Study Description", "description"), ("StudyInstanceUID", "study_uid"), ("Study ID", "study_id"),
+    ("Modality", "_modality"), ("Status", "status"), ("Category", "category"), ("Note", "category_note"),
+    ("First Seen Run", "first_seen_run"), ("Last Seen Run", "last_seen_run"), ("Origin", "origin"),
+]
+
+
+@dataclass
+class ReportData:
+    """What the outputs are made of, whichever way it was gathered."""
+
+    sessions: pd.DataFrame
+    reference_dates: dict[str, dt.date]
+    failures: list[dict]
+    subjects: list[str] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def _sha(path: Path | None) -> str:
+    if path is None or not Path(path).is_file():
+        return "(none)"
+    return f"{path} sha256={hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+
+
+def _read_refdates(path: Path | None, problems: list[InputProblem]) -> dict[str, dt.date]:
+    if path is None:
+        return {}
+    try:
+        ref = read_reference_dates(path)
+    except InputFileError as exc:
+        problems.append(InputProblem(str(path), exc.line or 0, str(exc).split(": ", 1)[-1]))
+        return {}
+    problems.extend(ref.problems)
+    return ref.dates
+
+
+def _failure_rows(rows: list[dict], mapping: NhsMapping, stored_uids: set[str]) -> list[dict]:
+    """History rows for reports: placeholders already out; studies since stored are resolved."""
+    out = []
+    for r in rows:
+        if r.get("study_uid") and r["study_uid"] in stored_uids:
+            continue
+        r = dict(r)
+        if r.get("hospital_id"):
+            r["subject"] = mapping.subject_for(r["hospital_id"])
+        r["_modality"] = failure_modality(r)
+        out.append(r)
+    return out
+
+
+def _failures_long(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"subject": r.get("subject"), "date": r.get("study_date"), "modality": r.get("_modality"),
+          "accession": r.get("accession"), "uid": r.get("study_uid"), "description": r.get("description"),
+          "status": r.get("category") or r.get("status")} for r in rows if r.get("subject")],
+        columns=list(FAILURE_COLUMNS),
+    )
+
+
+def gather_from_catalog(cfg: Config, catalog: Catalog, run_id: str) -> ReportData:
+    problems: list[InputProblem] = []
+    mapping = load_mapping(cfg.inputs.cohort, catalog)
+    dqr_dir = Path(cfg.state_dir) / DQR_FAILURE_DIR
+    dqr_files = sorted(dqr_dir.glob("*.json")) if dqr_dir.is_dir() else []
+    for p in dqr_files:
+        res = import_failure_file(catalog, p, run_id, origin="dqr",
+                                  placeholder_dates=cfg.harvest.placeholder_dates, mapping=mapping)
+        problems.extend(res.problems)
+    refdates = _read_refdates(cfg.inputs.reference_dates, problems)
+    sessions = sessions_from_catalog(catalog)
+    stored = set(sessions["uid"].dropna())
+    failures = _failure_rows(history_rows(catalog), mapping, stored)
+    problems.extend(mapping.problems)
+    inputs = {
+        "catalog": str(catalog.path),
+        "cohort": _sha(cfg.inputs.cohort),
+        "reference_dates": _sha(cfg.inputs.reference_dates),
+        "dqr_failure_files": str(len(dqr_files)),
+    }
+    return ReportData(sessions, refdates, failures, cohort_subjects(catalog), problems, inputs)
+
 
 def build_reports(cfg: Config, catalog: Catalog, run_id: str | None = None) -> list[Path]:
-    """Build the master sheet (xlsx + CSV) into `cfg.report.outbox`; returns the files written."""
-    today = dt.date.today()
-    run = run_id or _latest_run(catalog) or "report-" + today.strftime("%Y%m%d")
-    problems: list[InputProblem] = []
+    """Build every report for the catalog; returns the files written (outbox first)."""
+    run = run_id or _latest_run(catalog) or "report-" + dt.date.today().strftime("%Y%m%d")
+    data = gather_from_catalog(cfg, catalog, run)
+    for p in data.problems:
+        if not p.message.startswith("cohort file"):  # cohort problems belong to the harvest stage
+            catalog.record_failure(run, "report", f"{p.path}:{p.line}", p.message, error_type="InputProblem")
+    rates = failure_rates(catalog, cfg.report.baseline_failure_rate)
+    return write_outputs(cfg, data, run, rates, Path(cfg.report.outbox), Path(cfg.state_dir) / "reports")
 
-    refdates: dict[str, dt.date] = {}
-    ref_path = cfg.inputs.reference_dates
-    if ref_path is not None:
+
+def run_warnings(cfg: Config, catalog: Catalog, run_id: str) -> list[str]:
+    """Failure-rate warnings for one run (for the CLI summary of `rtlake update`)."""
+    return rate_warnings(failure_rates(catalog, cfg.report.baseline_failure_rate), run_id)
+
+
+def build_from_folder(cfg: Config, folder: Path, out: Path | None = None, run_id: str | None = None,
+                      catalog: Catalog | None = None) -> list[Path]:
+    """The master sheet from the SOP's dated folder of XNAT CSVs (no PACS run needed).
+
+    Failure files in the folder go through the history when a catalog is given (so they are
+    kept for next time), else they are parsed for this sheet only.
+    """
+    from .failures import parse_failure_files
+    from .nhs import read_mapping
+    from .xnat_folder import read_xnat_folder
+
+    folder = Path(folder)
+    run = run_id or "folder-" + dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    fin = read_xnat_folder(folder)
+    problems = list(fin.problems)
+    mapping = NhsMapping()
+    if fin.cohort is not None:
         try:
-            ref = read_reference_dates(ref_path)
-            refdates = ref.dates
-            problems.extend(ref.problems)
+            mapping = read_mapping(fin.cohort)
         except InputFileError as exc:
-            problems.append(InputProblem(str(ref_path), exc.line or 0, str(exc).split(": ", 1)[-1]))
+            problems.append(InputProblem(str(fin.cohort), exc.line or 0, str(exc).split(": ", 1)[-1]))
+        problems.extend(mapping.problems)
+    refdates = _read_refdates(fin.reference_dates, problems)
+    placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}
+    if catalog is not None:
+        for p in fin.failure_files:
+            problems.extend(import_failure_file(catalog, p, run, mapping=mapping,
+                                                placeholder_dates=cfg.harvest.placeholder_dates).problems)
+        rows = history_rows(catalog)
+    else:
+        parsed = parse_failure_files(fin.failure_files)
+        problems.extend(parsed.problems)
+        rows = [{"record_key": r.key, "study_uid": r.study_uid or None, "accession": r.accession or None,
+                 "study_id": r.study_id or None, "hospital_id": r.hospital_id or None,
+                 "subject": mapping.subject_for(r.hospital_id) if r.hospital_id else None,
+                 "study_date": r.study_date, "description": r.description, "modalities": "\\".join(r.modalities),
+                 "status": r.status, "source_file": r.source_file, "source_line": r.source_line, "origin": "csc"}
+                for r in {rec.key: rec for rec in parsed.records}.values() if r.study_date not in placeholders]
+    stored = set(fin.sessions["uid"].dropna())
+    data = ReportData(fin.sessions, refdates, _failure_rows(rows, mapping, stored), [], problems,
+                      {"folder": str(folder), "reference_dates": _sha(fin.reference_dates),
+                       "cohort": _sha(fin.cohort), "failure_files": "; ".join(_sha(p) for p in fin.failure_files)})
+    rates = failure_rates(catalog, cfg.report.baseline_failure_rate) if catalog is not None else []
+    out = Path(out) if out is not None else Path(cfg.report.outbox)
+    return write_outputs(cfg, data, run, rates, out, out)
 
-    sessions = sessions_from_catalog(catalog)
-    sheet = build_master(
-        sessions,
-        refdates,
-        failures=None,
-        slots_per_modality=cfg.report.slots_per_modality,
-        subjects=cohort_subjects(catalog),
+
+def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRate],
+                  outbox: Path, report_dir: Path) -> list[Path]:
+    today = dt.date.today()
+    for p in data.problems:
+        log.warning("%s", p)
+    sheet: MasterSheet = build_master(
+        data.sessions, data.reference_dates, failures=_failures_long(data.failures),
+        slots_per_modality=cfg.report.slots_per_modality, subjects=data.subjects,
     )
     table = sheet.rendered()
-
-    for p in problems:
-        log.warning("%s", p)
-        catalog.record_failure(run, "report", f"{p.path}:{p.line}", p.message, error_type="InputProblem")
-
-    outbox = Path(cfg.report.outbox)
+    fail_table = pd.DataFrame([[r.get(c) for _, c in FAILURE_SHEET_COLUMNS] for r in data.failures],
+                              columns=[h for h, _ in FAILURE_SHEET_COLUMNS])
+    problem_table = pd.DataFrame([[p.path, p.line, p.message] for p in data.problems],
+                                 columns=["File", "Line", "Problem"])
+    warnings = rate_warnings(list(rates))
+    for w in rate_warnings(list(rates), run):
+        log.warning("%s", w)
     provenance = {
         "run_id": run,
         "built_at": dt.datetime.now().replace(microsecond=0).isoformat(),
         "project": cfg.project.name,
-        "catalog": str(catalog.path),
-        "reference_dates": str(ref_path) if ref_path else "(none)",
+        **{f"input_{k}": v for k, v in data.inputs.items()},
         **{f"count_{k}": v for k, v in sheet.counts.items()},
-        "input_problems": len(problems),
+        "count_failures_listed": len(fail_table),
+        "slots": "; ".join(f"{b.prefix}={sheet.slots[b.key]}" for b in sheet.blocks),
+        "input_problems": len(data.problems),
+        "rate_warnings": "; ".join(warnings) or "none",
+        "markers": "null = no session in this slot / no value; not applicable = no reference date or no session date",
     }
     scans_cols = [c for c in table.columns if " Scans " in c]
     xlsx = edw.write_xlsx(
-        [("Master", table)], outbox / edw.dated_name(edw.MASTER_STEM, today, ".xlsx"), provenance, scans_cols
+        [("Master", table), ("Failures", fail_table), ("Problems", problem_table)],
+        outbox / edw.dated_name(edw.MASTER_STEM, today, ".xlsx"), provenance, scans_cols,
     )
-    csv_path = edw.write_csv(table, outbox / edw.dated_name(edw.MASTER_STEM, today, ".csv"))
-    log.info("master sheet: %d subjects → %s", len(table), xlsx)
-    return [xlsx, csv_path]
+    master_csv = edw.write_csv(table, outbox / edw.dated_name(edw.MASTER_STEM, today, ".csv"))
+    fail_csv = edw.write_csv(fail_table, outbox / edw.dated_name(FAILURES_STEM, today, ".csv"))
+    html_path = write_report(
+        report_dir / edw.dated_name(REPORT_STEM, today, ".html"),
+        failures=data.failures, rates=list(rates), warnings=warnings,
+        problems=[str(p) for p in data.problems], run_id=run,
+    )
+    log.info("master sheet: %d subjects, %d failures → %s", len(table), len(fail_table), xlsx)
+    return [xlsx, master_csv, fail_csv, html_path]
 
 
 def _latest_run(catalog: Catalog) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 
 import openpyxl
 
@@ -22,7 +23,8 @@ def test_build_reports_writes_dated_xlsx_and_csv(reporting_env):
     today = dt.date.today().isoformat()
     assert f"master-availability-{today}.xlsx" in names
     assert f"master-availability-{today}.csv" in names
-    assert all(p.parent == cfg.report.outbox for p in outputs)
+    assert [p.parent for p in outputs[:3]] == [cfg.report.outbox] * 3
+    assert outputs[3].suffix == ".html" and outputs[3].parent == cfg.state_dir / "reports"
     assert not list(cfg.report.outbox.glob(".tmp-*"))
 
     rows = _csv_rows(next(p for p in outputs if p.suffix == ".csv"))
@@ -72,3 +74,32 @@ def test_build_reports_is_idempotent_and_records_bad_reference_rows(reporting_en
     assert "mod-11" in reasons["3"]
     assert "Reference Date" in reasons["4"]
     assert cat.execute("SELECT count(*) FROM failures").fetchone()[0] == 2
+
+
+def test_dqr_failures_are_imported_once_and_form_their_own_block(reporting_env):
+    cfg, cat = reporting_env
+    dqr = cfg.state_dir / "dqr-failures"
+    dqr.mkdir(parents=True)
+    (dqr / "batch-1.json").write_text(json.dumps([
+        {"accessionNumber": "ACC9", "studyId": "77", "studyInstanceUid": "1.2.826.0.1.77", "studyDate": "20240115",
+         "studyDescription": "PET-CT FDG", "modalitiesInStudy": ["PT", "CT"], "patient": {"id": "H002", "name": "X^Y"}},
+        {"accessionNumber": "ACC8", "studyId": "", "studyInstanceUid": "", "studyDate": "20990101",
+         "studyDescription": "CT Chest", "modalitiesInStudy": ["CT"], "patient": {"id": "H001"}},
+        # this one was stored after all: it must not be listed as a failure
+        {"accessionNumber": "ACC1", "studyId": "1", "studyInstanceUid": "1.2.826.0.1.1", "studyDate": "20240220",
+         "modalitiesInStudy": ["CT"], "patient": {"id": "H001"}},
+    ]), encoding="utf-8")
+    outputs = build_reports(cfg, cat, run_id="run-1")
+    rows = _csv_rows(outputs[1])
+    b = rows["NN_H002"]
+    assert (b["Failure Date 1"], b["Failure Difference from Reference Date 1"]) == ("2024-01-15", "-17")
+    assert (b["Failure Modality 1"], b["Failure Accession 1"]) == ("PET", "ACC9")
+    assert b["Failure Status 1"] == "should have been ingested"
+    assert rows["9434765919"]["Failure Date 1"] == "null"  # placeholder and resolved failure left out
+    with open(outputs[2], newline="", encoding="utf-8") as fh:
+        listed = list(csv.DictReader(fh))
+    assert [r["Accession"] for r in listed] == ["ACC9"]
+    assert cat.execute("SELECT count(*) FROM failure_history WHERE origin = 'dqr'").fetchone()[0] == 3
+    snap = cat.table_snapshot("failure_history")
+    build_reports(cfg, cat, run_id="run-2")
+    assert cat.table_snapshot("failure_history") == snap

@@ -1,0 +1,187 @@
+"""The failure-investigation report: one self-contained HTML file (plots as inline SVG).
+
+For the XNAT admin, not the EDW: what failed, by modality and status; whether this run's
+failure rate is in line with history; which un-ingested studies are worth a manual pull
+(PET-CTs above all, and anything the admin found "Available on PACS"); and every failed study
+in detail. No external CSS, scripts or images, so it can be mailed or archived as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ingest.atomic import write_text  # noqa: E402
+from ingest.records import primary_modality  # noqa: E402
+
+from .failures import STATUSES  # noqa: E402
+from .master import sheet_modality  # noqa: E402
+from .rates import RunRate  # noqa: E402
+
+#: Session types whose failures are most worth a manual pull (the SOP singles out PET-CT).
+PULL_MODALITIES = ("PET", "NM")
+_SKIP_CATEGORIES = {"Cancelled", "No images on PACS", "Scheduled but not completed", "Images under another study"}
+
+_CSS = """
+body{font-family:system-ui,Segoe UI,Arial,sans-serif;margin:2em;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f0f0f0} td.num{text-align:right}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;margin:.3em 0}
+.ok{background:#e8f5e9;border:1px solid #7cb342;padding:.6em 1em}
+.plot svg{max-width:100%;height:auto}
+"""
+
+
+def failure_modality(row: dict) -> str:
+    mods = [m for m in (row.get("modalities") or "").split("\\") if m]
+    return sheet_modality(primary_modality(mods)) if mods else "unknown"
+
+
+def worth_manual_pull(row: dict) -> bool:
+    if row.get("category") in _SKIP_CATEGORIES:
+        return False
+    if row.get("category") == "Available on PACS":
+        return True
+    return failure_modality(row) in PULL_MODALITIES
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.find("<svg"):]
+
+
+def _plot_by_modality(rows: Sequence[dict]) -> str | None:
+    if not rows:
+        return None
+    counts = Counter((failure_modality(r), r.get("status") or "") for r in rows)
+    mods = sorted({m for m, _ in counts})
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bottom = [0] * len(mods)
+    for status in STATUSES:
+        vals = [counts.get((m, status), 0) for m in mods]
+        ax.bar(mods, vals, bottom=bottom, label=status)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("failed studies")
+    ax.set_title("Failures by modality and status")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _plot_rates(rates: Sequence[RunRate]) -> str | None:
+    if not rates:
+        return None
+    runs = list(dict.fromkeys(r.run_id for r in rates))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for mod in sorted({r.modality for r in rates}):
+        pts = [(runs.index(r.run_id), r.rate * 100) for r in rates if r.modality == mod]
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mod)[0]
+        base = next((r.baseline for r in rates if r.modality == mod and r.baseline is not None), None)
+        if base is not None:
+            ax.axhline(base * 100, linestyle="--", color=line.get_color(), linewidth=0.8)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("failure rate (%)")
+    ax.set_title("Failure rate per run (dashed: historic baseline)")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
+    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    for row in rows:
+        cells = []
+        for v in row:
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            text = "" if v is None else (v.isoformat() if isinstance(v, dt.date) else str(v))
+            cells.append(f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def render_report(
+    failures: Sequence[dict],
+    rates: Sequence[RunRate],
+    warnings: Sequence[str],
+    problems: Sequence[str] = (),
+    title: str = "rtlake failure investigation",
+    run_id: str = "",
+) -> str:
+    """The HTML text. `failures` are failure_history rows without placeholders."""
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    parts.append(f"<p>Run <code>{html.escape(run_id)}</code>, built {dt.datetime.now():%Y-%m-%d %H:%M}. "
+                 f"{len(failures)} failed studies on record (scheduled-date placeholders left out).</p>")
+
+    parts.append("<h2 id='warnings'>Failure rate check</h2>")
+    if warnings:
+        parts.extend(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in warnings)
+    else:
+        parts.append("<div class='ok'>No run is out of line with the historic baseline.</div>")
+
+    parts.append("<h2 id='by-modality'>Failures by modality and status</h2>")
+    counts = Counter((failure_modality(r), r.get("status") or "") for r in failures)
+    mods = sorted({m for m, _ in counts})
+    parts.append(_table(["Modality", *STATUSES, "Total"],
+                        [[m, *[counts.get((m, s), 0) for s in STATUSES], sum(counts.get((m, s), 0) for s in STATUSES)]
+                         for m in mods], "by-modality"))
+    svg = _plot_by_modality(failures)
+    if svg:
+        parts.append(f"<div class='plot'>{svg}</div>")
+    cats = Counter(r.get("category") or "(not investigated)" for r in failures)
+    parts.append(_table(["Investigation category", "Studies"], sorted(cats.items()), "categories"))
+
+    parts.append("<h2 id='rates'>Failure rate per run against the baseline</h2>")
+    parts.append(_table(
+        ["Run", "Modality", "Attempted", "Failed", "Rate", "Baseline", "Alarm above", "Out of line"],
+        [[r.run_id, r.modality, r.attempted, r.failed, f"{r.rate:.1%}",
+          "" if r.baseline is None else f"{r.baseline:.1%}",
+          "" if r.threshold is None else f"{r.threshold:.1%}", "YES" if r.out_of_line else ""] for r in rates],
+        "rates"))
+    svg = _plot_rates(rates)
+    if svg:
+        parts.append(f"<div class='plot'>{svg}</div>")
+
+    pull = [r for r in failures if worth_manual_pull(r)]
+    parts.append("<h2 id='manual-pull'>Not ingested, worth a manual pull</h2>")
+    parts.append("<p>PET-CT and nuclear medicine failures not explained as cancelled/absent, and everything the "
+                 "admin marked <em>Available on PACS</em>.</p>")
+    parts.append(_table(["Subject", "Study date", "Accession", "Modality", "Description", "StudyInstanceUID", "Category"],
+                        [[r.get("subject"), r.get("study_date"), r.get("accession"), failure_modality(r),
+                          r.get("description"), r.get("study_uid"), r.get("category")] for r in pull], "manual-pull"))
+
+    parts.append("<h2 id='detail'>Every failed study</h2>")
+    parts.append(_table(
+        ["Subject", "Study date", "Accession", "Study ID", "StudyInstanceUID", "Modality", "Description", "Status",
+         "Category", "Note", "First seen", "Last seen", "Source"],
+        [[r.get("subject"), r.get("study_date"), r.get("accession"), r.get("study_id"), r.get("study_uid"),
+          failure_modality(r), r.get("description"), r.get("status"), r.get("category"), r.get("category_note"),
+          r.get("first_seen_run"), r.get("last_seen_run"), f"{r.get('source_file') or ''}:{r.get('source_line') or ''}"]
+         for r in failures], "detail"))
+
+    if problems:
+        parts.append("<h2 id='problems'>Input problems</h2><ul>")
+        parts.extend(f"<li>{html.escape(p)}</li>" for p in problems)
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(path: Path, **kw) -> Path:
+    write_text(Path(path), render_report(**kw))
+    return Path(path)
