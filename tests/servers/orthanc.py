@@ -65,7 +65,12 @@ class OrthancServer:
                     zf.write(p, f"{j}.dcm")
             r = self.http.post(f"{self.url}/instances", data=buf.getvalue(),
                                headers={"Content-Type": "application/zip"}, timeout=120)
-            r.raise_for_status()
+            if r.status_code >= 400:  # one bad file spoils the zip: send them one by one, skip rejects
+                for p in paths[i : i + 200]:
+                    r1 = self.http.post(f"{self.url}/instances", data=p.read_bytes(), timeout=60)
+                    if r1.status_code < 400:
+                        ids.append(r1.json()["ID"])
+                continue
             body = r.json()
             for item in body if isinstance(body, list) else [body]:
                 ids.append(item["ID"])
