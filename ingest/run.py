@@ -87,7 +87,9 @@ class UpdateRun:
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None):
             self.summary.counts["new_failures"] += 1
-        log.warning("%s %s: %s", stage, study_uid or target, reason)
+            log.warning("%s %s: %s", stage, study_uid or target, reason)
+        else:  # already on file from an earlier run
+            log.debug("%s %s (again): %s", stage, study_uid or target, reason)
 
     def who(self, hospital_id: str) -> str:
         """How a patient may appear in a log line: only when the operator allowed identifiers."""
@@ -123,6 +125,9 @@ class UpdateRun:
 
     # -- harvest ----------------------------------------------------------------
     def harvest(self, patient_ids: list[str]) -> None:
+        refresh = getattr(self.source, "refresh_index", None)
+        if refresh is not None:  # the folder source reads new files' headers first, with its own bar
+            refresh(self.progress)
         cursors = dict(self.cat.execute("SELECT hospital_id, harvested_until FROM patients").fetchall())
         lists = effective_lists(self.cfg.criteria.lists, self.cat)
         task = self.progress.add_task("harvest", total=len(patient_ids))
@@ -327,15 +332,7 @@ class UpdateRun:
             for s in res.scans:
                 con.execute("INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?)",
                             [uid, s.series_uid, s.scan_id, s.modality, s.description, s.n_files])
-            known = {r[0]: r[1] for r in con.execute(
-                "SELECT sop_uid, study_uid FROM files WHERE study_uid = ?", [uid]).fetchall()}
-            new_files = [f for f in res.files if f.sop_uid not in known]
-            for f in new_files:
-                clash = con.execute("SELECT study_uid FROM files WHERE sop_uid = ?", [f.sop_uid]).fetchone()
-                if clash is not None:
-                    self.fail("store", f.path, f"SOPInstanceUID also stored under study {clash[0]}", uid)
-                    continue
-                con.execute("INSERT INTO files VALUES (?,?,?,?,?)", [f.sop_uid, uid, f.series_uid, f.path, f.size])
+            new_files = _insert_files(con, uid, res.files)
             if partial:
                 con.execute("UPDATE studies_seen SET state='failed', updated_run=? WHERE study_uid=?", [self.run_id, uid])
             else:
@@ -348,7 +345,24 @@ class UpdateRun:
         else:
             self.cat.resolve_failures(self.run_id, uid)
             self.summary.counts["ingested"] += 1
-        self.summary.counts["files"] += len(new_files)
+        for path, other in new_files[1]:
+            self.fail("store", path, f"SOPInstanceUID also stored under study {other}", uid)
+        self.summary.counts["files"] += len(new_files[0])
+
+
+def _insert_files(con, study_uid: str, files) -> tuple[list, list[tuple[str, str]]]:
+    """Add the study's new files in one statement; returns (added, clashes with other studies)."""
+    import pandas as pd
+
+    if not files:
+        return [], []
+    df = pd.DataFrame([(f.sop_uid, study_uid, f.series_uid, f.path, f.size) for f in files],
+                      columns=["sop_uid", "study_uid", "series_uid", "path", "size"])
+    clashes = con.execute("SELECT df.path, files.study_uid FROM df JOIN files USING (sop_uid) "
+                          "WHERE files.study_uid <> df.study_uid").fetchall()
+    added = con.execute("SELECT df.sop_uid FROM df ANTI JOIN files USING (sop_uid)").fetchall()
+    con.execute("INSERT INTO files SELECT * FROM df ANTI JOIN files USING (sop_uid)")
+    return added, clashes
 
 
 def _record(r: dict) -> StudyRecord:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -26,6 +28,9 @@ _TAGS = [
     "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
     "StudyDate", "StudyDescription", "Modality", "StudyID", "SpecificCharacterSet",
 ]
+
+_COLUMNS = ["path", "size", "mtime_ns", "patient_id", "study_uid", "series_uid", "sop_uid", "accession",
+            "study_date", "description", "modality", "study_id", "error"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -84,6 +89,8 @@ class FolderSource(Source):
         self.con = duckdb.connect(str(index_path))
         self.con.execute(_SCHEMA)
         self._indexed = False
+        # The run fetches studies from worker threads; one DuckDB connection serves one call at a time.
+        self._lock = threading.RLock()
 
     # -- indexing -------------------------------------------------------------
     def refresh_index(self, progress=None) -> tuple[int, int]:
@@ -113,23 +120,31 @@ class FolderSource(Source):
                 h = read_header(Path(full))
                 rows.append((full, size, mtime, h["patient_id"], h["study_uid"], h["series_uid"], h["sop_uid"],
                              h["accession"], h["study_date"], h["description"], h["modality"], h["study_id"], None))
-            except ValueError as exc:
-                log.warning("%s: %s", full, exc)
+            except ValueError as exc:  # reported once, by the run, through failures()
                 rows.append((full, size, mtime, None, None, None, None, None, None, None, None, None, str(exc)))
             if task is not None:
                 progress.advance(task)
-        self.con.execute("BEGIN")
-        if gone:
-            self.con.executemany("DELETE FROM instances WHERE path = ?", [[p] for p in gone])
-        if rows:
-            self.con.executemany("INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        self.con.execute("COMMIT")
+        with self._lock:
+            self.con.execute("BEGIN")
+            # Bulk through a DataFrame: DuckDB's executemany goes row by row and is ~100x slower.
+            if gone:
+                gone_df = pd.DataFrame({"path": gone})  # noqa: F841 - read by DuckDB by name
+                self.con.execute("DELETE FROM instances WHERE path IN (SELECT path FROM gone_df)")
+            if rows:
+                new_df = pd.DataFrame(rows, columns=_COLUMNS)  # noqa: F841
+                self.con.execute("INSERT OR REPLACE INTO instances SELECT * FROM new_df")
+            self.con.execute("COMMIT")
         self._indexed = True
         return len(todo), len(gone)
 
     def _ensure_index(self) -> None:
-        if not self._indexed:
-            self.refresh_index()
+        with self._lock:
+            if not self._indexed:
+                self.refresh_index()
+
+    def _rows(self, sql: str, params: list) -> list[tuple]:
+        with self._lock:
+            return self.con.execute(sql, params).fetchall()
 
     def failures(self) -> list[tuple[str, str]]:
         self._ensure_index()
@@ -143,7 +158,7 @@ class FolderSource(Source):
     # -- Source ---------------------------------------------------------------
     def _studies(self, where: str, params: list) -> Iterator[StudyRecord]:
         self._ensure_index()
-        rows = self.con.execute(
+        rows = self._rows(
             f"""
             SELECT study_uid, any_value(patient_id), max(accession), max(study_date), max(description),
                    list(DISTINCT modality ORDER BY modality), count(*), max(study_id)
@@ -151,7 +166,7 @@ class FolderSource(Source):
             GROUP BY study_uid ORDER BY max(study_date) NULLS FIRST, study_uid
             """,
             params,
-        ).fetchall()
+        )
         for uid, pid, acc, date, desc, mods, n, sid in rows:
             yield StudyRecord(
                 study_uid=uid, patient_id=pid or "", accession=acc or "", study_date=date,
@@ -171,9 +186,8 @@ class FolderSource(Source):
     def retrieve(self, study: StudyRecord, dest: Path) -> RetrievedStudy:
         """The files stay where they are: stores copy, they never move their input."""
         self._ensure_index()
-        paths = [Path(r[0]) for r in self.con.execute(
-            "SELECT path FROM instances WHERE error IS NULL AND study_uid = ? ORDER BY path", [study.study_uid]
-        ).fetchall()]
+        paths = [Path(r[0]) for r in self._rows(
+            "SELECT path FROM instances WHERE error IS NULL AND study_uid = ? ORDER BY path", [study.study_uid])]
         present = [p for p in paths if p.is_file()]
         return RetrievedStudy(study=study, files=present, expected=study.n_instances or len(paths))
 
