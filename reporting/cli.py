@@ -21,8 +21,8 @@ failures_app = typer.Typer(
     help="Failure lists: import XNAT/CSC failure files, investigate, check rates, build reports.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
 
