@@ -204,7 +204,8 @@ class XnatStore(Store):
     def session_rows(self, xsi_type: str | None = None, with_scans: bool = True) -> list[dict]:
         """The project's sessions (optionally of one data type) with subject, date, UID, scanner,
         creator and scan count: XNAT's experiment search, one row per scan folded per session."""
-        cols = ["ID", "label", "project", "xsiType", "date", "subject_label", "UID", "scanner", "insert_user"]
+        cols = ["ID", "label", "project", "xsiType", "date", "subject_label", "UID", "scanner", "insert_user",
+                "session_type"]
         query = {"project": self.project}
         if xsi_type:
             query["xsiType"] = xsi_type
@@ -222,6 +223,7 @@ class XnatStore(Store):
                 "id": eid, "project": r.get("project", ""), "subject": r.get("subject_label", ""),
                 "label": r.get("label", ""), "xsi_type": r.get("xsiType", ""), "date": r.get("date", ""),
                 "study_uid": r.get("UID", ""), "scanner": r.get("scanner", ""), "creator": r.get("insert_user", ""),
+                "session_type": r.get("session_type", ""),
                 "modality": XSI_MODALITY.get(r.get("xsiType", ""), ""), "_scans": set(),
             })
             scan = r.get("xnat:imageSessionData/scans/scan/ID", "")

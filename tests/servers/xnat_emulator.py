@@ -117,6 +117,7 @@ class Experiment:
     scanner: str = ""
     accession: str = ""
     insert_user: str = ""
+    session_type: str = ""  # XNAT's DICOM import fills it from StudyDescription
     scans: dict[str, Scan] = field(default_factory=dict)
 
 
@@ -498,7 +499,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "ID": e.id, "label": e.label, "project": e.project, "xsiType": e.xsi_type, "date": e.date,
                 "subject_ID": e.subject_id, "subject_label": subj["label"], "UID": e.uid,
                 "modality": e.modality, "scanner": e.scanner, "insert_user": e.insert_user,
-                "dcmAccessionNumber": e.accession, "URI": f"/data/experiments/{e.id}",
+                "dcmAccessionNumber": e.accession, "session_type": e.session_type,
+                "URI": f"/data/experiments/{e.id}",
             }
             for k, v in list(base.items()):
                 if k not in ("ID", "URI"):
@@ -690,6 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
             e.modality = _session_type(modalities).split(":")[1].replace("SessionData", "").upper()
             e.scanner = str(first.get("StationName", "") or first.get("ManufacturerModelName", ""))
             e.accession = str(first.get("AccessionNumber", ""))
+            e.session_type = str(first.get("StudyDescription", ""))
             for ds in datasets:
                 series = str(ds.SeriesInstanceUID)
                 scan = next((s for s in e.scans.values() if s.series_uid == series), None)
@@ -775,6 +778,7 @@ class _Handler(BaseHTTPRequestHandler):
                             e = emu._new_experiment(pid, subj["ID"], label, _session_type(mods), user)
                         e.uid, e.date = uid, src.get("studyDate", "")
                         e.accession = src.get("accessionNumber", "")
+                        e.session_type = src.get("studyDescription", "")
             raise _Reply(200, out)
         m = re.fullmatch(r"/xapi/dqr/import/history/(\d+)", path)
         if m and method == "GET":

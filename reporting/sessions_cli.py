@@ -1,0 +1,68 @@
+"""`rtlake export sessions`: the SOP's eight session CSVs, from the catalog or from XNAT.
+
+Exit codes: 0 written, 1 the source could not be read (no catalog yet, XNAT refused),
+2 config error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+export_app = typer.Typer(help="Export listings in the formats the SOP's downstream steps expect.",
+                         no_args_is_help=True)
+console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
+
+
+class From(str, Enum):
+    catalog = "catalog"
+    xnat = "xnat"
+
+
+@export_app.command("sessions")
+def sessions(
+    config: Optional[Path] = ConfigOpt,
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Folder for MR.csv … XA.csv (default: session-csvs/<today>, a dated folder)."),
+    source: From = typer.Option(From.catalog, "--from", help="Read sessions from rtlake's catalog or from XNAT "
+                                "([store.xnat] url and credentials; project = [project].name)."),
+) -> None:
+    """Write MR.csv, CT.csv, PET.csv, CR.csv, DX.csv, RF.csv, SR.csv and XA.csv (SOP columns)."""
+    from ingest.cli import load
+    from ingest.errors import RtlakeError
+
+    from .sessions import export_from_catalog, export_from_xnat
+
+    cfg = load(config)
+    out_dir = out or Path("session-csvs") / dt.date.today().isoformat()
+    try:
+        if source is From.xnat:
+            from ingest.stores.xnat import XnatStore
+
+            store = XnatStore.from_config(cfg)
+            try:
+                result = export_from_xnat(store, out_dir)
+            finally:
+                store.close()
+        else:
+            from ingest.catalog import Catalog
+
+            if not cfg.catalog_path.exists():
+                console.print(f"[red]error:[/red] no catalog at {cfg.catalog_path} (run `rtlake update` first)")
+                raise typer.Exit(1)
+            cat = Catalog(cfg.catalog_path, read_only=True)
+            try:
+                result = export_from_catalog(cat, out_dir)
+            finally:
+                cat.close()
+    except RtlakeError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(result.describe())
