@@ -116,7 +116,7 @@ def convert_patient(job: PatientJob, opts: ConvertOptions = ConvertOptions()) ->
         result.failures.append(Failure(result.study_uid or str(folder), msg, type(exc).__name__, result.study_uid))
     excluded = any(CODES[n.code][0] == EXCLUDE for n in notes.notes)
     if notes.status == "RUNNING":
-        if "ct" not in notes.outputs:
+        if "ct" not in notes.outputs or "masks" not in notes.outputs:
             notes.status = "EXCLUDED"
         elif excluded:
             notes.status = "PARTIAL"

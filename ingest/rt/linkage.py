@@ -192,7 +192,9 @@ def select_course(inv: Inventory) -> Course:
             continue
         linked.append((st, ct))
     if not linked:
-        return Course("EXCLUDED", "II_EXEC_002", "; ".join(problems) or "no RTSTRUCT is linked to a CT")
+        only_missing = problems and all("which are not present" in p for p in problems)
+        return Course("EXCLUDED", "II_EXEC_001" if only_missing else "II_EXEC_002",
+                      "; ".join(problems) or "no RTSTRUCT is linked to a CT")
     for p in problems:
         warnings.append(("XIV_WARN_001", p))
     by_uid = {st.sop_uid: (st, ct) for st, ct in linked}
