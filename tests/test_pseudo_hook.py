@@ -16,7 +16,7 @@ import pytest
 
 from ingest.config import load_config
 from ingest.errors import ConfigError
-from ingest.pseudo.apply import PseudoFailed, pseudonymise_for_store
+from ingest.pseudo.apply import PseudoFailed, pseudonymise_for_store, pseudonymise_plan
 from ingest.pseudo.keys import load_key
 from ingest.pseudo.mapping import MappingTable
 from ingest.records import SessionPlan, StudyRecord
@@ -67,6 +67,8 @@ def test_hook_pseudonymises_plan_files_and_mapping(tmp_path, pseudo_key):
     assert st.study_date == dt.date(2021, 3, 14) - dt.timedelta(days=shift)
     assert s.patient_id not in st.description and st.description.endswith(new_plan.subject)
     assert st.modalities == plan.study.modalities
+    # the file-less preview (for store.has_session before retrieval) agrees with the hook
+    assert pseudonymise_plan(cfg, plan) == new_plan
 
     assert len(out) == len(files) and all(p.parent == tmp_path / "scratch" for p in out)
     for p in out:

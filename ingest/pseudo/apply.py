@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 _REQUIRED_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID")
 
 
+def _reason(exc: Exception) -> str:
+    """The message of an error without the path prefix InputFileError puts on it."""
+    if isinstance(exc, InputFileError):
+        text, prefix = str(exc), f"{exc.path}: "
+        return text[len(prefix):] if text.startswith(prefix) else text
+    return f"{type(exc).__name__}: {exc}"
+
+
 class PseudoFailed(PermanentError):
     """Some files of a study could not be pseudonymised; `problems` lists (path, reason)."""
 
@@ -123,8 +131,7 @@ class Pseudonymiser:
             try:
                 dst = self._one(path, patches.get(path, {}), out_path, outcome)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the study
-                reason = exc.args[0] if isinstance(exc, InputFileError) else f"{type(exc).__name__}: {exc}"
-                outcome.problems.append((str(path), str(reason)[:300]))
+                outcome.problems.append((str(path), _reason(exc)[:300]))
                 continue
             if dst in produced:
                 outcome.problems.append((str(path), f"same SOPInstanceUID as {produced[dst]}; second copy not written"))
@@ -177,6 +184,35 @@ class Pseudonymiser:
         )
 
 
+def _setup(cfg, plan: SessionPlan):
+    pcfg = cfg.pseudo
+    key = load_key(pcfg.key_env)
+    profile = load_profile(pcfg.profile)
+    opts = profile.options
+    subject = key.pseudonym("subject", plan.subject, prefix=opts.patient_prefix)
+    label = key.pseudonym("session", f"{plan.project}/{plan.label}", prefix=opts.session_prefix)
+    extra = [plan.subject, plan.hospital_id, plan.study.patient_id, plan.study.accession]
+    pz = Pseudonymiser(key, profile, pcfg.uid_root, patient_pseudonym=subject, extra_terms=extra)
+    probe = Dataset()
+    probe.PatientID = plan.study.patient_id
+    return key, profile, pz, subject, label, probe
+
+
+def pseudonymise_plan(cfg, plan: SessionPlan) -> SessionPlan:
+    """The plan as `pseudonymise_for_store` will return it, computed without files or writes.
+
+    Lets a run ask a store `has_session(pseudonymous plan)` before retrieving anything.
+    Subject, label and study UID are exactly those of the hook; the study description can
+    differ only if it contains the patient's name (the hook also scrubs names read from the files).
+
+    Raises:
+        ConfigError: as for `pseudonymise_for_store`.
+    """
+    _, _, pz, subject, label, probe = _setup(cfg, plan)
+    study = pz.study_record(plan.study, pz.context(probe))
+    return dataclasses.replace(plan, subject=subject, label=label, study=study, hospital_id="")
+
+
 def pseudonymise_for_store(cfg, plan: SessionPlan, files: list[Path], scratch: Path) -> tuple[SessionPlan, list[Path]]:
     """The update-run hook: pseudonymised copies in `scratch`, the mapping recorded, the plan renamed.
 
@@ -195,22 +231,13 @@ def pseudonymise_for_store(cfg, plan: SessionPlan, files: list[Path], scratch: P
     from .xmlfiles import is_xml, pseudonymise_xml
 
     pcfg = cfg.pseudo
-    key = load_key(pcfg.key_env)
-    profile = load_profile(pcfg.profile)
-    opts = profile.options
-    subject = key.pseudonym("subject", plan.subject, prefix=opts.patient_prefix)
-    label = key.pseudonym("session", f"{plan.project}/{plan.label}", prefix=opts.session_prefix)
-    extra = [plan.subject, plan.hospital_id, plan.study.patient_id, plan.study.accession]
-    pz = Pseudonymiser(key, profile, pcfg.uid_root, patient_pseudonym=subject, extra_terms=extra)
-
+    key, profile, pz, subject, label, probe = _setup(cfg, plan)
     scratch = Path(scratch)
     dicom_files = [Path(f) for f in files if not is_xml(Path(f))]
     xml_files = [Path(f) for f in files if is_xml(Path(f))]
     outcome = pz.process(dicom_files, lambda ds: scratch / f"{ds.SOPInstanceUID}.dcm")
 
     # The study's own patient context, even when no DICOM file was given (stores that pull).
-    probe = Dataset()
-    probe.PatientID = plan.study.patient_id
     ctx = outcome.contexts.get(plan.study.patient_id) or pz.context(probe)
     xml_terms: dict[str, str] = {}
     for c in [ctx, *outcome.contexts.values()]:
@@ -222,7 +249,7 @@ def pseudonymise_for_store(cfg, plan: SessionPlan, files: list[Path], scratch: P
             pseudonymise_xml(path, dst, profile, xml_terms, pz.remapper, ctx.pseudonym)
             written_xml.append(dst)
         except InputFileError as exc:
-            outcome.problems.append((str(path), str(exc.args[0])))
+            outcome.problems.append((str(path), _reason(exc)))
     if outcome.problems:
         head = "; ".join(f"{p}: {r}" for p, r in outcome.problems[:5])
         more = f" (+{len(outcome.problems) - 5} more)" if len(outcome.problems) > 5 else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputFileError
-from .apply import Pseudonymiser
+from .apply import Pseudonymiser, _reason
 from .keys import PseudoKey
 from .mapping import MappingTable
 from .profile import Profile
@@ -108,7 +108,7 @@ def run_batch(key: PseudoKey, profile: Profile, uid_root: str, mapping: Path, in
                 pseudonymise_xml(path, dst, profile, terms, pz.remapper, owner or "")
                 report.xml_written += 1
             except InputFileError as exc:
-                report.problems.append((str(path), str(exc.args[0]).split(": ", 1)[-1]))
+                report.problems.append((str(path), _reason(exc)))
     with MappingTable(mapping, key.fingerprint) as table:
         report.new_mappings = table.record(pz.mapping_rows())
     log.info("pseudonymised %d DICOM and %d XML files into %s; %d problems",
