@@ -217,6 +217,5 @@ class XnatClient:
 
 
 def scratch_dir(cfg: Config) -> Path:
-    p = cfg.state_dir / "scratch" / "xnat"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    """Where upload zips are built (not under state/scratch, which the run clears while we work)."""
+    return cfg.state_dir / "xnat-upload"

@@ -165,6 +165,8 @@ class XnatStore(Store):
             overwrite = "none"  # nothing to overwrite: never let a retry merge into a half-made session
         self._ensure_subject(plan)
 
+        if self.scratch is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="rtlake-xnat-", dir=self.scratch) as tmp:
             packed = pack_study(uid, files, Path(tmp) / f"{plan.label or 'session'}.zip")
 
