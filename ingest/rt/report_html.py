@@ -20,7 +20,7 @@ from .verify import PatientNotes
 
 
 def dvh_plot_png(dvhs: list[Dvh], relative: bool = True) -> bytes:
-    fig = Figure(figsize=(8, 5), dpi=100)
+    fig = Figure(figsize=(8, 5), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for d in dvhs:
@@ -35,7 +35,8 @@ def dvh_plot_png(dvhs: list[Dvh], relative: bool = True) -> bytes:
     if dvhs:
         ax.legend(fontsize=6, ncol=2 if len(dvhs) > 12 else 1, loc="upper right")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.1, top=0.93)
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
