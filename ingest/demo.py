@@ -341,7 +341,8 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
     deceased = set(rng.sample(range(n), min(2, n)))
     with_rt = set(rng.sample(range(n), max(1, n // 2)))
     empty_at = min(1, n - 1)  # patient whose first study has an empty description
-    placeholder_at = {2 % n, 3 % n} if n > 1 else {0}  # patients whose last study is dated 2099-01-01
+    # The last study of two patients is a placeholder dated 2099-01-01 (with one patient: its last two).
+    placeholder_at = [2 % n, 3 % n] if n > 1 else [0, 0]
     patients: list[SyntheticPatient] = []
     for i in range(n):
         sex = "M" if rng.random() < 0.7 else "F"
@@ -356,7 +357,6 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
     # --- what ---------------------------------------------------------------------------------------
     rt_order = sorted(with_rt)
     verification_patients = rt_order[:2] if len(rt_order) >= 2 else (rt_order * 2)[:2]
-    placeholders_left = 2
     for i, p in enumerate(patients):
         info = PatientInfo(p.hospital_id, p.name, p.birth_date, p.sex)
         n_studies = rng.randint(3, 8)
@@ -368,8 +368,8 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
                 base, category, description = "", "empty", ""
             modalities = D.MODALITIES.get(base, ("CT",))
             date = gen.study_date()
-            if i in placeholder_at and j == n_studies - 1 and placeholders_left:
-                date, placeholders_left = PLACEHOLDER_DATE, placeholders_left - 1
+            if j >= n_studies - placeholder_at.count(i):
+                date = PLACEHOLDER_DATE
             study = StudyInfo(gen.uid(), date, gen.time(), description, accession=gen.accession(),
                               study_id=str(rng.randrange(1, 99999)),
                               referring_physician=rng.choice(["", "DR^SYNTH", "ONCOLOGY^HN"]))

@@ -217,8 +217,23 @@ def item(**values: object) -> Dataset:
 def write(ds: Dataset, path: Path) -> Path:
     """Write a Part 10 file (preamble, DICM, file meta, Explicit VR Little Endian)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _mark_as_encoded(ds)
     dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def _mark_as_encoded(ds: Dataset) -> None:
+    """Declare the dataset (and its items) already in the target encoding.
+
+    pydicom otherwise treats a new dataset as "encoding changed": it runs the ambiguous-VR pass and
+    decodes pre-encoded raw elements (ContourData) again, which doubles the write time. Every
+    ambiguous VR is set explicitly here (Pixel Data OB/OW), so the pass has nothing to do.
+    """
+    ds.set_original_encoding(False, True, ds._character_set)
+    for elem in ds.elements():
+        if elem.VR == "SQ":
+            for child in ds[elem.tag].value:
+                _mark_as_encoded(child)
 
 
 def pacs_path(root: Path, patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> Path:
