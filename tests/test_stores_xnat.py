@@ -223,3 +223,47 @@ def test_session_listing_by_type(xnat_server, xnat_cfg, make_study):
         ("ACC1301", 3, a.study_uid, "NN_H0013", "MR")]
     assert sorted(r["label"] for r in allrows) == ["ACC1301", "ACC1302"]
     assert all(r["creator"] == "rtlake" and r["date"] == "2023-05-17" for r in allrows)
+
+
+def test_html_page_instead_of_data_is_retried(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    fault = xnat_server.add_fault("GET", r"^/data/projects/RTLAKE/experiments$", status=200,
+                                  body="<html><body>proxy says hello</body></html>", content_type="text/html")
+    store = open_store(xnat_cfg())
+    st = make_study("H0014", "ACC1401")
+    try:
+        assert not store.has_session(plan_for(st, "9434765919"))
+    finally:
+        store.close()
+    assert fault.hits == 1
+
+
+def test_no_credentials_is_a_clear_error(xnat_server, xnat_cfg, make_study, monkeypatch, tmp_path):
+    monkeypatch.delenv("RTLAKE_XNAT_USER")
+    monkeypatch.delenv("RTLAKE_XNAT_PASSWORD")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    st = make_study("H0015", "ACC1501")
+    store = open_store(xnat_cfg())
+    try:
+        with pytest.raises(StoreError) as ei:
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert xnat_server.url in str(ei.value) and "no credentials" in str(ei.value)
+    assert xnat_server.count("PUT", r"^/data/services/auth$") == 0
+
+
+def test_credentials_from_netrc(xnat_server, xnat_cfg, make_study, monkeypatch, tmp_path):
+    monkeypatch.delenv("RTLAKE_XNAT_USER")
+    monkeypatch.delenv("RTLAKE_XNAT_PASSWORD")
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login rtlake password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    st = make_study("H0016", "ACC1601")
+    store = open_store(xnat_cfg())
+    try:
+        store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert xnat_server.find_experiment("RTLAKE", "ACC1601") is not None

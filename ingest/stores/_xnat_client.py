@@ -90,14 +90,19 @@ class XnatClient:
     def _credentials(self) -> tuple[str | None, str | None]:
         user = secret_from_env(self.s.username_env, "XNAT user")
         password = secret_from_env(self.s.password_env, "XNAT password")
-        return user, password  # both None → xnatpy falls back to ~/.netrc
+        if user is None and password is None:
+            return _from_netrc(self.url)
+        return user, password
 
     def connect(self) -> Any:
         import xnat
         from xnat import exceptions as xe
 
         user, password = self._credentials()
-        if user and not password:
+        if not user:
+            raise StoreError(f"XNAT {self.url}: no credentials: set ${self.s.username_env} and "
+                             f"${self.s.password_env}, or add a ~/.netrc entry for the host")
+        if not password:
             raise StoreError(f"XNAT {self.url}: ${self.s.password_env} is not set (user from ${self.s.username_env})")
         try:
             session = xnat.connect(self.url, user=user, password=password, verify=self.s.verify,
@@ -192,6 +197,10 @@ class XnatClient:
                 raise _Relogin() from None
             if code is not None and (code >= 500 or code in (408, 429)):
                 raise StoreUnavailable(f"XNAT {self.url}: {what}: server error {code}: {detail}") from None
+            if code is not None and code < 300:
+                # e.g. a proxy's HTML error page with status 200: not XNAT's answer, worth another try
+                raise StoreUnavailable(f"XNAT {self.url}: {what}: answered {code} with a page that is not "
+                                       f"XNAT data: {detail[:80]}") from None
             if code == 403:
                 raise StoreError(f"XNAT {self.url}: {what}: forbidden (403): {detail}") from None
             if code is not None:
@@ -214,6 +223,25 @@ class XnatClient:
             return list(data["ResultSet"]["Result"])
         except (KeyError, TypeError):
             raise StoreError(f"XNAT {self.url}: {path}: answer is not an XNAT ResultSet") from None
+
+
+def _from_netrc(url: str) -> tuple[str | None, str | None]:
+    """~/.netrc (or $NETRC) entry for host:port, else for the host alone (xnatpy only tries host:port)."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        entries = netrc.netrc(path)
+    except (OSError, netrc.NetrcParseError):
+        return None, None
+    parsed = urlparse(url)
+    for host in (parsed.netloc, parsed.hostname):
+        auth = entries.authenticators(host) if host else None
+        if auth:
+            return auth[0], auth[2]
+    return None, None
 
 
 def scratch_dir(cfg: Config) -> Path:
