@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -162,12 +163,23 @@ class Deidentifier:
             if rep == P.REMOVE:
                 del ds[tag]
                 continue
-            elem = ds[tag]
-            vr = elem.VR
+            # Look at the raw element first: most elements are kept as they are, and leaving
+            # them unconverted saves parsing (and re-encoding) values like ContourData.
+            raw = ds.get_item(tag)
+            vr = raw.VR
+            if vr in (None, "UN") or " or " in str(vr):
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "UN"
             action = self.actions.get(int(tag)) or self._default_action(vr)
             if action == P.REMOVE:
                 del ds[tag]
                 continue
+            if action == P.KEEP and vr not in ("SQ", "UI"):
+                continue
+            elem = ds[tag]
+            vr = elem.VR
             if vr == "SQ":
                 if action == P.EMPTY:
                     elem.value = Sequence()
