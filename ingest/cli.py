@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import ConfigError, RtlakeError, RunLocked
@@ -60,12 +61,12 @@ def load(config: Optional[Path], overrides: dict | None = None):
     try:
         return load_config(config, overrides)
     except ConfigError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
+        console.print(f"[red]config error[/red]\n{escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 def fail(exc: Exception, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(code)
 
 
