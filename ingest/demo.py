@@ -264,9 +264,10 @@ class _Gen:
             plan = [(main, d) for d in _SERIES[main][:k]]
         size = 64 if self.rng.random() < 0.2 else 32
         n_inst = 0
+        # One frame of reference per study, as for one scanner session (a PET-CT's CT and PET share it).
+        frame_uid = self.uid() if any(m in ("CT", "MR", "PT") for m, _ in plan) else ""
         for number, (modality, sdesc) in enumerate(plan, start=1):
             series_uid = self.uid()
-            frame_uid = self.uid() if modality in ("CT", "MR", "PT") else ""
             count = 1 if modality in ("SR", "NM") else self.rng.randint(1, 5 if modality in ("CT", "MR", "PT") else 3)
             for i in range(1, count + 1):
                 sop = self.uid()

@@ -362,3 +362,22 @@ def test_default_cohort_covers_every_modality_quickly(tmp_path: Path) -> None:
     for s in varied:
         assert " ".join(s.description.casefold().split()).rstrip(".") == s.base_description.casefold()
     assert elapsed < 30, f"generation took {elapsed:.1f}s"
+
+
+def test_pet_ct_series_share_a_frame_of_reference(demo_datasets) -> None:
+    pet_ct = [dss for dss in by_study(demo_datasets).values() if {d.Modality for d in dss} == {"PT", "CT"}]
+    assert pet_ct
+    for dss in pet_ct:
+        assert len({d.FrameOfReferenceUID for d in dss}) == 1
+
+
+def test_folder_source_rejects_exactly_the_broken_files(demo_cohort: DemoPaths) -> None:
+    from ingest.sources.folder import read_header
+
+    bad = []
+    for p in sorted(demo_cohort.pacs.rglob("*.dcm")):
+        try:
+            read_header(p)
+        except ValueError:
+            bad.append(p)
+    assert bad == sorted(demo_cohort.broken)
