@@ -326,9 +326,10 @@ class UpdateRun:
             self.fail("store", target, reason, uid)
         partial = got is not None and got.partial
         with self.cat.transaction() as con:
-            con.execute("UPDATE sessions SET state='stored', location=?, n_scans=?, n_files=?, stored_run=?, "
-                        "subject=?, label=? WHERE study_uid=?",
-                        [res.location, len(res.scans), len(res.files), self.run_id, plan.subject, plan.label, uid])
+            # subject/label stay as planned (identifiable) even when the store holds a pseudonymised copy:
+            # a later re-ingest must start from the original names, and `location` says where the copy is.
+            con.execute("UPDATE sessions SET state='stored', location=?, n_scans=?, n_files=?, stored_run=? "
+                        "WHERE study_uid=?", [res.location, len(res.scans), len(res.files), self.run_id, uid])
             for s in res.scans:
                 con.execute("INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?)",
                             [uid, s.series_uid, s.scan_id, s.modality, s.description, s.n_files])
