@@ -104,6 +104,11 @@ def test_hook_pseudonymises_plan_files_and_mapping(tmp_path, pseudo_key):
     res = _lookup(cfg_path, new_plan.subject, {**env, "RTLAKE_PSEUDO_KEY": "some-other-key-0123456789"})
     assert res.returncode == 2 and "another key" in res.stderr
 
+    # while another process writes the table, lookup says so instead of crashing
+    with MappingTable(mapping, key.fingerprint):
+        res = _lookup(cfg_path, new_plan.subject, env)
+    assert res.returncode == 1 and "busy" in res.stderr, res.stderr
+
     # re-running is idempotent: same plan, same bytes, no new mapping rows
     before = {p.name: p.read_bytes() for p in out}
     again_plan, again = pseudonymise_for_store(cfg, plan, files, tmp_path / "scratch")

@@ -32,7 +32,7 @@ def run(
     """Pseudonymise folders into --out; originals are only read. Exit 1 when any file failed."""
     from ingest.cli import load
 
-    from ..errors import ConfigError, InputFileError
+    from ..errors import ConfigError, InputFileError, RtlakeError
     from .batch import read_input_list, run_batch
     from .keys import load_key
     from .profile import load_profile
@@ -51,7 +51,7 @@ def run(
     except ConfigError as exc:
         _echo_err(f"config error: {exc}")
         raise typer.Exit(2) from None
-    except InputFileError as exc:
+    except (InputFileError, RtlakeError) as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from None
     if catalog and report.problems:
@@ -92,7 +92,7 @@ def lookup(
     """
     from ingest.cli import load
 
-    from ..errors import ConfigError
+    from ..errors import ConfigError, RtlakeError
     from .keys import load_key
     from .mapping import MappingTable
 
@@ -104,6 +104,9 @@ def lookup(
     except ConfigError as exc:
         _echo_err(f"config error: {exc}")
         raise typer.Exit(2) from None
+    except RtlakeError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from None
     if not rows:
         _echo_err("no mapping for that value")
         raise typer.Exit(1)

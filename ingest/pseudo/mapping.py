@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TransientError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pseudonyms (
@@ -92,7 +92,11 @@ class MappingTable:
             check_private(self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=self.read_only)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=self.read_only)
+        except duckdb.IOException as exc:
+            raise TransientError(f"{self.path}: mapping table is busy or unreadable ({type(exc).__name__}); "
+                                 "another rtlake process may be writing it, try again when it has finished") from None
         if not exists:
             os.chmod(self.path, 0o600)
         if not self.read_only:
