@@ -339,11 +339,16 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
     n = gen.n
     # --- who --------------------------------------------------------------------------------------
     no_nhs = set(rng.sample(range(n), max(1, round(0.15 * n)) if n >= 4 else 0))
-    deceased = set(rng.sample(range(n), min(2, n)))
     with_rt = set(rng.sample(range(n), max(1, n // 2)))
+    rt_order = sorted(with_rt)
+    verification_patients = rt_order[:2] if len(rt_order) >= 2 else (rt_order * 2)[:2]
     empty_at = min(1, n - 1)  # patient whose first study has an empty description
     # The last study of two patients is a placeholder dated 2099-01-01 (with one patient: its last two).
     placeholder_at = [2 % n, 3 % n] if n > 1 else [0, 0]
+    # A run never queries the deceased, so they are chosen among patients that carry none of the
+    # one-off cases (coverage studies on the first patients, verification studies), when possible.
+    plain = [i for i in range(4, n) if i not in verification_patients]
+    deceased = set(rng.sample(plain if len(plain) >= 2 else list(range(n)), min(2, n)))
     patients: list[SyntheticPatient] = []
     for i in range(n):
         sex = "M" if rng.random() < 0.7 else "F"
@@ -356,8 +361,6 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
         )
 
     # --- what ---------------------------------------------------------------------------------------
-    rt_order = sorted(with_rt)
-    verification_patients = rt_order[:2] if len(rt_order) >= 2 else (rt_order * 2)[:2]
     for i, p in enumerate(patients):
         info = PatientInfo(p.hospital_id, p.name, p.birth_date, p.sex)
         n_studies = rng.randint(3, 8)
@@ -399,12 +402,13 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
                 )
             p.studies.append(SyntheticStudy(study.study_uid, "", when, study.description, study.description,
                                             "verification", ("CT",), "", 1, 3))
-        if p.deceased:
-            seen = [s.study_date for s in p.studies if s.study_date != PLACEHOLDER_DATE]
-            p.date_of_death = max(seen) + dt.timedelta(days=rng.randint(30, 400))
 
     broken = _write_broken(gen, patients)
     failures = _failure_records(gen, patients)
+    for p in patients:
+        if p.deceased:
+            seen = [s.study_date for s in p.studies if s.study_date != PLACEHOLDER_DATE]
+            p.date_of_death = max(seen) + dt.timedelta(days=rng.randint(30, 400))
     return patients, broken, failures
 
 

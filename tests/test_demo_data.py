@@ -381,3 +381,11 @@ def test_folder_source_rejects_exactly_the_broken_files(demo_cohort: DemoPaths) 
         except ValueError:
             bad.append(p)
     assert bad == sorted(demo_cohort.broken)
+
+
+def test_one_off_cases_sit_on_living_patients(demo_cohort: DemoPaths) -> None:
+    """A run skips the deceased, so the cases it must see are never on a deceased patient."""
+    for p in demo_cohort.patients:
+        if p.deceased:
+            assert not any(s.category in ("verification", "empty") or s.placeholder for s in p.studies if s.in_pacs)
+            assert p.date_of_death > max(s.study_date for s in p.studies if not s.placeholder)
