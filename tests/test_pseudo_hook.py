@@ -86,13 +86,13 @@ def test_hook_pseudonymises_plan_files_and_mapping(tmp_path, pseudo_key):
     assert not [p for p in mapping.parent.iterdir() if p.name.endswith(".wal")]
     with MappingTable(mapping, key.fingerprint, read_only=True) as table:
         rows = {(r["kind"], r["original"]): r["pseudonym"] for r in table.lookup(new_plan.subject)}
-    assert rows == {("subject", "9434765919"): new_plan.subject, ("patient_id", s.patient_id): new_plan.subject}
+    assert rows == {("subject", "9434765919"): new_plan.subject, ("hospital_id", s.patient_id): new_plan.subject}
 
     # authorised re-identification through the CLI
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = _lookup(cfg_path, new_plan.subject, env)
     assert res.returncode == 0, res.stderr
-    assert f"patient_id\t{s.patient_id}\t{new_plan.subject}" in res.stdout
+    assert f"hospital_id\t{s.patient_id}\t{new_plan.subject}" in res.stdout
     assert f"subject\t9434765919\t{new_plan.subject}" in res.stdout
     res = _lookup(cfg_path, st.study_uid, env)
     assert res.returncode == 0 and f"uid\t{plan.study.study_uid}\t{st.study_uid}" in res.stdout
@@ -153,3 +153,22 @@ def test_loosened_mapping_table_is_refused(tmp_path, pseudo_key):
     os.chmod(cfg.pseudo.mapping, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         pseudonymise_for_store(cfg, _plan(s), s.files["ct"], tmp_path / "scratch")
+
+
+def test_standalone_and_update_share_one_mapping_table(tmp_path, pseudo_key):
+    from ingest.pseudo.batch import run_batch
+    from ingest.pseudo.profile import load_profile
+
+    _, cfg = _cfg(tmp_path)
+    s = make_rt_set(tmp_path / "in")
+    key = load_key("RTLAKE_PSEUDO_KEY")
+    report = run_batch(key, load_profile(None), "2.25", cfg.pseudo.mapping, [tmp_path / "in"], tmp_path / "out")
+    assert report.problems == [] and report.new_mappings > 0
+    new_plan, _ = pseudonymise_for_store(cfg, _plan(s), s.all_dicom, tmp_path / "scratch")
+    with MappingTable(cfg.pseudo.mapping, key.fingerprint, read_only=True) as table:
+        kinds = {r["kind"]: r["pseudonym"] for r in table.lookup(s.patient_id)}
+    assert kinds["patient_id"] == key.pseudonym("patient", s.patient_id)  # standalone
+    assert kinds["hospital_id"] == new_plan.subject  # update run
+    assert kinds["date_shift_days"] == str(key.date_shift_days(s.patient_id, 365))  # one shift for both
+    # the UIDs agree between the two modes
+    assert (tmp_path / "out" / kinds["patient_id"] / new_plan.study.study_uid).is_dir()

@@ -76,7 +76,7 @@ def test_update_with_pseudonymisation_fills_the_lake_with_pseudonyms(pseudo_run)
         for sess in sessions:
             rows = {r["kind"]: r["original"] for r in table.lookup(sess["subject"])}
             assert rows["subject"] in by_subject  # re-identified to the lake's subject label
-            assert rows["patient_id"] == by_subject[rows["subject"]].hospital_id
+            assert rows["hospital_id"] == by_subject[rows["subject"]].hospital_id
             assert table.lookup(sess["study_uid"])[0]["kind"] == "uid"
 
 

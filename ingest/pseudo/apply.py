@@ -91,7 +91,9 @@ class Pseudonymiser:
         shift = self.key.date_shift_days(pid, opts.date_shift_max_days) if opts.date_shift else 0
         extra = {t: (pseud if t == pid else "") for t in self.extra_terms}
         ctx = PatientContext(pid, pseud, shift, scrub_terms(ds, pseud, extra))
-        self.rows.add(("patient_id", pid, pseud))
+        # The update run keys pseudonyms by subject, standalone runs by PatientID: different
+        # kinds, so both can share one mapping table without clashing.
+        self.rows.add(("hospital_id" if self.fixed_pseudonym else "patient_id", pid, pseud))
         if opts.date_shift:
             self.rows.add(("date_shift_days", pid, str(shift)))
         return ctx

@@ -24,7 +24,7 @@ from ..errors import ConfigError, TransientError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pseudonyms (
-    kind VARCHAR NOT NULL,          -- patient_id | subject | session | uid | date_shift_days
+    kind VARCHAR NOT NULL,          -- patient_id | hospital_id | subject | session | uid | date_shift_days
     original VARCHAR NOT NULL,
     pseudonym VARCHAR NOT NULL,
     first_seen TIMESTAMP NOT NULL,
