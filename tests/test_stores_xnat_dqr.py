@@ -98,9 +98,11 @@ def test_second_run_queues_nothing(xnat_server, xnat_cfg):
     store = open_store(xnat_cfg("xnat-dqr"))
     try:
         assert all(store.has_session(p) for p in plans)
+        again = store.put_studies([(p, []) for p in plans])  # a fresh catalog: nothing is queued twice
     finally:
         store.close()
-    assert len(xnat_server.dqr_import_calls) == 1
+    assert all(isinstance(r, StoredSession) for r in again)
+    assert len(xnat_server.dqr_import_calls) == 1 and len(xnat_server.dqr_query_calls) == 1
 
 
 def test_persistent_problem_answers_fail_each_study_transiently(xnat_server, xnat_cfg):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from ingest.catalog import Catalog
 
@@ -130,6 +131,7 @@ def test_update_in_dqr_mode_records_xnat_failures(fresh_demo, xnat_server, xnat_
     assert [u for c in xnat_server.dqr_import_calls[calls:] for u in c if u not in failing] == []
 
 
+@pytest.mark.slow
 def test_update_in_dqr_mode_failures_land_in_catalog_and_json(fresh_demo, xnat_server, xnat_env):
     # Nothing is on XNAT's PACS except one study: every other selected study fails NOT_FOUND,
     # and that one fails during the transfer.

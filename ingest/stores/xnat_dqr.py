@@ -112,9 +112,21 @@ class XnatDqrStore(Store):
         except StoreError as exc:
             return [exc for _ in plans]
 
+        # 0. sessions already archived (by hand, or by an earlier run) are not queued again
+        todo = []
+        for i, p in enumerate(plans):
+            try:
+                known = self.archive._load_sessions().get(p.label)
+            except StoreError as exc:
+                return [exc for _ in plans]
+            if known is not None and known.uid == p.study.study_uid and not self.force:
+                results[i] = StoredSession(plan=p, location=f"{self.url}/data/experiments/{known.id}")
+            else:
+                todo.append((i, p))
+
         # 1. ask XNAT which studies its PACS has
         found: dict[int, dict] = {}
-        for chunk in _chunks(list(enumerate(plans)), self.query_batch):
+        for chunk in _chunks(todo, self.query_batch):
             try:
                 answer = self._query(chunk)
             except StoreError as exc:
