@@ -267,3 +267,19 @@ def test_credentials_from_netrc(xnat_server, xnat_cfg, make_study, monkeypatch, 
     finally:
         store.close()
     assert xnat_server.find_experiment("RTLAKE", "ACC1601") is not None
+
+
+def test_no_patient_identifiers_in_logs(xnat_server, xnat_cfg, make_study, caplog):
+    # INFO is what `rtlake -v` shows; at DEBUG (-vv) urllib3 itself logs request URLs.
+    caplog.set_level("INFO")
+    xnat_server.add_fault("POST", r"^/data/services/import$", status=500,
+                          body="failed for subject 9434765919 patient H0017", times=10)
+    store = open_store(xnat_cfg())
+    st = make_study("H0017", "ACC1701")
+    try:
+        results = store.put_studies([(plan_for(st, "9434765919", hospital_id="H0017"), st.files)])
+    finally:
+        store.close()
+    assert isinstance(results[0], StoreUnavailable)
+    assert "9434765919" not in str(results[0]) and "H0017" not in str(results[0])
+    assert caplog.records and "9434765919" not in caplog.text and "H0017" not in caplog.text

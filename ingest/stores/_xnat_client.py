@@ -77,10 +77,11 @@ class XnatClient:
         self.s = settings
         self._session: Any = None
         self.logins = 0
-        # xnatpy logs request URLs (with subject labels) at debug/verbose level.
+        # xnatpy logs request URLs (with subject labels) at debug/verbose level, and chats at warning
+        # level about cookies; our own messages say what matters.
         self._xlog = logging.getLogger(f"{__name__}.xnatpy")
         if not settings.identifiers_in_logs:
-            self._xlog.setLevel(logging.WARNING)
+            self._xlog.setLevel(logging.ERROR)
 
     @property
     def url(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreError
 from ..records import SessionPlan, StoredFile, StoredSession
 from ._xnat_client import XnatClient, XnatSettings, scratch_dir
 from ._xnat_zip import pack_study
@@ -249,4 +249,4 @@ def _idents(plan: SessionPlan) -> tuple[str, ...]:
     return tuple(x for x in (plan.subject, plan.hospital_id, plan.study.patient_id) if x)
 
 
-__all__ = ["XnatStore", "SESSION_XSI", "StoreUnavailable"]
+__all__ = ["XnatStore", "SESSION_XSI", "XSI_MODALITY"]
