@@ -140,8 +140,7 @@ def resolve_action(keyword: str, basic: str, date_shift: bool) -> str:
     if "U" in choices:
         return UID
     if date_shift and vr in ("DA", "DT", "TM") and choices != ["X"]:
-        if keyword in _REQUIRED_KEEP_PRESENT or "X" not in choices or "D" in choices or "Z" in choices:
-            return SHIFT if vr != "TM" else KEEP
+        return SHIFT if vr != "TM" else KEEP
     if len(choices) == 1:
         return choices[0]
     if keyword in _REQUIRED_KEEP_PRESENT:
