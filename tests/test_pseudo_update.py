@@ -83,11 +83,10 @@ def test_update_with_pseudonymisation_fills_the_lake_with_pseudonyms(pseudo_run)
 @pytest.mark.xfail(reason="ingest/run.py _stored updates sessions by plan.study.study_uid, which the hook "
                           "pseudonymised; the lead's run must key the catalog by the original study UID",
                    strict=False)
-def test_catalog_sessions_are_stored_under_pseudonyms(pseudo_run):
-    _, cfg, _ = pseudo_run
+def test_catalog_records_the_pseudonymised_sessions_as_stored(pseudo_run):
+    _, cfg, summary = pseudo_run
     con = duckdb.connect(str(cfg.catalog_path), read_only=True)
     states = dict(con.execute("SELECT state, count(*) FROM sessions GROUP BY 1").fetchall())
-    subjects = [r[0] for r in con.execute("SELECT subject FROM sessions WHERE state='stored'").fetchall()]
     con.close()
-    assert states.get("planned", 0) == 0 and states.get("stored", 0) > 0
-    assert all(s.startswith("P") for s in subjects)
+    assert states.get("planned", 0) == 0
+    assert states.get("stored", 0) == summary.counts["ingested"]
