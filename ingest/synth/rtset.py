@@ -285,18 +285,21 @@ def write_rt_set(
     # --- CT -----------------------------------------------------------------------------------
     hu = _ct_volume(geometry, rois, noise_hu, seed)
     ct_paths = []
+    ds = new_dataset(patient, study, modality="CT", series_uid=ct_series, sop_uid=ct_uids[0], series_number=1,
+                     instance_number=1, series_description="RT Planning CT")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.AcquisitionNumber = 1
+    ds.KVP = "120"
+    ds.RescaleIntercept = "-1024"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
     for k, sop in enumerate(ct_uids):
-        ds = new_dataset(patient, study, modality="CT", series_uid=ct_series, sop_uid=sop, series_number=1,
-                         instance_number=k + 1, series_description="RT Planning CT")
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        # One dataset re-used slice by slice: only the per-instance values change.
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.InstanceNumber = k + 1
         set_plane(ds, position=(geometry.origin[0], geometry.origin[1], geometry.z(k)),
                   spacing_rc=(geometry.spacing[1], geometry.spacing[2]), thickness=geometry.spacing[0],
                   frame_of_reference_uid=frame_uid)
-        ds.AcquisitionNumber = 1
-        ds.KVP = "120"
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
         set_pixels(ds, (hu[k] + 1024).astype(np.int16))
         ct_paths.append(write(ds, where("CT", ct_series, sop, k)))
 
