@@ -60,12 +60,18 @@ def read_header(path: Path) -> dict:
         ValueError: not DICOM, truncated, or without the UIDs a study needs.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+        # One pass over the whole file with large values deferred (not read): enough to see a
+        # file cut short, which pydicom otherwise reads quietly.
+        ds = pydicom.dcmread(path, defer_size=256)
+        _check_complete(ds, os.path.getsize(path))
+        # Values are parsed lazily: a lying VR or length only shows when read, so read them here.
+        missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID") if not str(ds.get(k, "")).strip()]
     except InvalidDicomError:
         raise ValueError("not a DICOM file (no DICM preamble)") from None
+    except ValueError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated data
         raise ValueError(f"unreadable DICOM: {type(exc).__name__}: {exc}") from None
-    missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID") if not str(ds.get(k, "")).strip()]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     return {
@@ -79,6 +85,21 @@ def read_header(path: Path) -> dict:
         "modality": str(ds.get("Modality", "") or "").strip().upper(),
         "study_id": str(ds.get("StudyID", "") or "").strip(),
     }
+
+
+def _check_complete(ds: pydicom.Dataset, size: int) -> None:
+    """Refuse a file cut short (a copy interrupted mid-transfer).
+
+    Raises:
+        ValueError: an element's declared length runs past the end of the file.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    for raw in ds._dict.values():  # top level only; values still raw, so lengths are as written
+        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
+            continue
+        if raw.value_tell + raw.length > size or (raw.value is not None and len(raw.value) < raw.length):
+            raise ValueError(f"truncated: element {raw.tag} needs {raw.length} bytes, the file ends first")
 
 
 class FolderSource(Source):
