@@ -119,3 +119,31 @@ def test_cli_export_sessions(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ingest.cli", "export", "sessions", "-c", str(cfg2), "-o", str(out)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert proc.returncode == 1 and "no catalog" in proc.stderr
+
+
+def test_cli_export_sessions_from_xnat(xnat_server, xnat_env, make_study, tmp_path):
+    from ingest.config import load_config
+
+    cfg_path = tmp_path / "rtlake.toml"
+    cfg_path.write_text(f'[project]\nname = "RTLAKE"\nstate_dir = "state"\n\n[store.xnat]\nurl = "{xnat_server.url}"\n')
+    st = make_study("H5", "ACC50", modality="CT")
+    store = open_store(load_config(cfg_path, {"store.kind": "xnat"}))
+    try:
+        rec = StudyRecord(study_uid=st.study_uid, patient_id="H5", accession="ACC50", study_date=st.study_date,
+                          modalities=("CT",))
+        store.put_study(SessionPlan("RTLAKE", "NN_H5", "ACC50", rec, "H5"), st.files)
+    finally:
+        store.close()
+    out = tmp_path / "fromxnat"
+    proc = subprocess.run([sys.executable, "-m", "ingest.cli", "export", "sessions", "-c", str(cfg_path),
+                           "--from", "xnat", "-o", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert _read(out / "CT.csv") == [SOP_COLUMNS["CT"], ["NN_H5", "2023-05-17", "ACC50", st.study_uid, "1"]]
+
+    # XNAT refusing the login: exit 1 with a message naming the server
+    xnat_server.users["rtlake"] = "changed"
+    proc = subprocess.run([sys.executable, "-m", "ingest.cli", "export", "sessions", "-c", str(cfg_path),
+                           "--from", "xnat", "-o", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 1 and "login refused" in proc.stderr

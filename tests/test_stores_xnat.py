@@ -283,3 +283,17 @@ def test_no_patient_identifiers_in_logs(xnat_server, xnat_cfg, make_study, caplo
     assert isinstance(results[0], StoreUnavailable)
     assert "9434765919" not in str(results[0]) and "H0017" not in str(results[0])
     assert caplog.records and "9434765919" not in caplog.text and "H0017" not in caplog.text
+
+
+def test_session_left_in_prearchive_is_reported(xnat_server, xnat_cfg, make_study):
+    xnat_server.add_project("RTLAKE")
+    xnat_server.prearchive_projects.add("RTLAKE")
+    store = open_store(xnat_cfg())
+    st = make_study("H0018", "ACC1801")
+    try:
+        with pytest.raises(StoreError, match="prearchive") as ei:
+            store.put_study(plan_for(st, "9434765919"), st.files)
+    finally:
+        store.close()
+    assert st.study_uid in str(ei.value)
+    assert xnat_server.count("POST", r"^/data/services/import$") == 1

@@ -172,10 +172,13 @@ class XnatStore(Store):
 
             def upload(session: Any) -> _Known:
                 with open(packed.zip_path, "rb") as fh:
-                    session.services.import_(
+                    answer = session.services.import_(
                         data=fh, content_type="application/zip", project=self.project, subject=plan.subject,
                         experiment=plan.label, overwrite=overwrite, destination="/archive",
                         timeout=(min(self.client.s.timeout, 30.0), self.import_timeout))
+                if type(answer).__name__ == "PrearchiveSession":
+                    raise StoreError(f"XNAT {self.url}: {what}: XNAT left the session in the prearchive, not the "
+                                     f"archive (check project {self.project}'s prearchive/auto-archive settings)")
                 return _Known("", uid, plan.subject)
 
             def finished_anyway() -> _Known | None:

@@ -134,6 +134,7 @@ class XnatEmulator:
         self.sessions: dict[str, str] = {}  # JSESSIONID -> user
         self.faults: list[Fault] = []
         self.forbidden_projects: set[str] = set()
+        self.prearchive_projects: set[str] = set()  # imports into these stop in the prearchive
         self.admin_users: set[str] = set(self.users)  # may create projects
         self.log: list[tuple[str, str, dict]] = []  # (method, path, query) of every request
         self._next_subject = 0
@@ -259,7 +260,7 @@ class _Reply(Exception):
     """Raised inside a handler to answer at once."""
 
     def __init__(self, status: int, body: str | bytes | dict | list = "", content_type: str | None = None,
-                 headers: dict | None = None) -> None:
+                 headers: dict | list | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
@@ -313,7 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _send(self, status: int, body: str | bytes | dict | list = "", content_type: str | None = None,
-              headers: dict | None = None) -> None:
+              headers: dict | list | None = None) -> None:
         if isinstance(body, (dict, list)):
             payload = json.dumps(body).encode()
             content_type = content_type or "application/json"
@@ -324,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type or "text/plain;charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))
-        for k, v in (headers or {}).items():
+        for k, v in (headers.items() if isinstance(headers, dict) else (headers or [])):
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -457,11 +458,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.emu.lock:
             self.emu.sessions[token] = user
         expiry_ms = int(time.time() * 1000)
-        raise _Reply(200, token, headers={
-            "Set-Cookie": f"JSESSIONID={token}; Path=/; HttpOnly",
+        raise _Reply(200, token, headers=[
+            ("Set-Cookie", f"JSESSIONID={token}; Path=/; HttpOnly"),
             # XNAT sends the session timeout as "<epoch ms>,<interval ms>" (xnatpy reads it for keep-alive).
-            "Set-Cookie2": f'SESSION_EXPIRATION_TIME="{expiry_ms},900000"',
-        })
+            ("Set-Cookie", f'SESSION_EXPIRATION_TIME="{expiry_ms},900000"; Path=/'),
+        ])
 
     # -- listings -----------------------------------------------------------------------------
     def _listing(self, rows: list[dict], q: dict) -> dict | str:
@@ -669,6 +670,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(400, f"import: upload holds {len(uids)} studies; session label {label} needs exactly one")
         uid = uids.pop()
         first = datasets[0]
+        if pid in emu.prearchive_projects:
+            # XNAT wiki (import service): when the project does not auto-archive, the session is
+            # left in the prearchive and its prearchive URI is returned. GUESS: nothing is archived.
+            raise _Reply(200, f"/data/prearchive/projects/{pid}/20240101_120000000/{label or uid}\r\n")
         subject_label = subject_label or str(first.get("PatientID", ""))
         label = label or str(first.get("AccessionNumber", "")) or uid
         modalities = {str(ds.get("Modality", "OT")) for ds in datasets}
