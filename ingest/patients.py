@@ -102,6 +102,11 @@ def subject_label(hospital_id: str, nhs_number: str | None) -> str:
 def read_text(path: Path) -> str:
     """Decode a CSV the way Excel users produce them: UTF-8 (BOM or not), else Windows-1252."""
     data = Path(path).read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text" export is UTF-16 with a BOM
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
     for enc in ("utf-8-sig", "cp1252"):
         try:
             return data.decode(enc)
@@ -130,7 +135,10 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(io.StringIO(text), dialect)
-    rows = [(reader.line_num, r) for r in reader]
+    try:
+        rows = [(reader.line_num, r) for r in reader]
+    except csv.Error as exc:  # binary data, a workbook saved as .csv, a stray quote...
+        raise InputFileError(path, f"not a readable CSV text file ({exc})", reader.line_num + 1) from None
     rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]
     if not rows:
         raise InputFileError(path, "file is empty")
