@@ -74,6 +74,10 @@ def run_batch(key: PseudoKey, profile: Profile, uid_root: str, mapping: Path, in
     """Pseudonymise each input folder (or file) into `out`; problems are listed, the rest goes on."""
     out = Path(out).resolve()
     report = BatchReport(out=out, inputs=len(inputs))
+    # Open the mapping table once before writing anything: a table with loose permissions,
+    # another key's fingerprint or a busy lock stops the batch before any copy exists.
+    with MappingTable(mapping, key.fingerprint):
+        pass
     pz = Pseudonymiser(key, profile, uid_root)
 
     def layout(ds) -> Path:

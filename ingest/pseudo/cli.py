@@ -55,7 +55,10 @@ def run(
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from None
     if catalog and report.problems:
-        _record_failures(cfg, report.problems)
+        try:
+            _record_failures(cfg, report.problems)
+        except RtlakeError as exc:  # e.g. an update run holds the catalog
+            _echo_err(f"warning: problems not recorded in the catalog: {exc}")
     typer.echo(
         f"{report.dicom_written} DICOM and {report.xml_written} XML files from {report.inputs} input(s), "
         f"{len(report.patients)} patient(s) → {report.out}; {report.new_mappings} new mapping rows"
