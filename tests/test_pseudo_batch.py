@@ -110,3 +110,13 @@ def test_input_list_errors_name_file_and_row(tmp_path):
         read_input_list(q)
     with pytest.raises(InputFileError, match="cannot read folder list"):
         read_input_list(tmp_path / "missing.xlsx")
+
+
+def test_mapping_of_another_key_stops_the_batch_before_any_copy(tmp_path, pseudo_key):
+    make_rt_set(tmp_path / "in")
+    cfg = _config(tmp_path)
+    assert _cli("pseudo", "run", "in", "-o", "out1", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    res = _cli("pseudo", "run", "in", "-o", "out2", "-c", str(cfg), cwd=tmp_path,
+               env={"RTLAKE_PSEUDO_KEY": "a-different-key-0123456789abcdef"})
+    assert res.returncode == 2 and "another key" in res.stderr
+    assert not (tmp_path / "out2").exists()
