@@ -203,3 +203,25 @@ def test_rtset_course_masks_identical_to_plastimatch(tmp_path, plastimatch_exe):
         ours = rasterise_roi(roi, ct.grid).full()
         assert ours.sum() > 0
         assert int((ours != pm[roi.name]).sum()) == 0, roi.name
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "implicit"])
+def test_fast_contour_parsing_agrees_with_pydicom(tmp_path, syntax):
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    g = P.ct_grid(shape=(10, 32, 32), spacing=(1.0, 1.0, 2.0))
+    ps = P.write_phantom(tmp_path / "d", g, [P.sphere(g, "S", [0.1, 0.2, 0.0], 8.0), P.ring(g, "R", [0, 0, 0], 12, 5, 10)])
+    path = ps.files["RTSTRUCT"][0]
+    if syntax == "implicit":
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        path = tmp_path / "rs_implicit.dcm"
+        ds.save_as(path, enforce_file_format=True)
+    ours = read_structure_set(path)
+    ref = pydicom.dcmread(path)
+    for roi, rc in zip(ours.rois, ref.ROIContourSequence):
+        for c, item in zip(roi.contours, rc.ContourSequence):
+            assert np.array_equal(c.points, np.array([float(v) for v in item.ContourData]).reshape(-1, 3))
+            assert c.geometric_type == item.ContourGeometricType
+            assert c.image_uids == tuple(x.ReferencedSOPInstanceUID for x in item.ContourImageSequence)

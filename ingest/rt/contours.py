@@ -21,6 +21,10 @@ from .verify import RtConversionError
 log = logging.getLogger(__name__)
 
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
+_GEOMETRIC_TYPE = Tag(0x3006, 0x0042)
+_CONTOUR_IMAGES = Tag(0x3006, 0x0016)
+_REF_SOP_EXPLICIT = b"\x08\x00\x55\x11UI"
+_REF_SOP_IMPLICIT = b"\x08\x00\x55\x11"
 
 
 @dataclass
@@ -65,13 +69,52 @@ def parse_contour_data(item) -> np.ndarray:
         text = bytes(value).decode("ascii", "replace").strip(" \x00")
         if not text:
             return np.empty((0, 3))
-        flat = np.array(text.split("\\"), dtype=np.float64)
+        flat = np.fromstring(text, dtype=np.float64, sep="\\")
+        if flat.size != text.count("\\") + 1:  # a value numpy could not parse: let Python say which
+            flat = np.array(text.split("\\"), dtype=np.float64)
     else:
         seq = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") else [value]
         flat = np.array([float(v) for v in seq], dtype=np.float64)
     if flat.size % 3:
         flat = flat[: flat.size - flat.size % 3]
     return flat.reshape(-1, 3)
+
+
+def _raw_text(item, tag) -> str | None:
+    """A string element without pydicom's value conversion (it dominates on 1000s of contours)."""
+    elem = item.get_item(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, (bytes, bytearray)):
+        return bytes(elem.value).decode("ascii", "replace").strip(" \x00")
+    return str(elem.value)
+
+
+def image_uids(item) -> tuple[str, ...]:
+    """ReferencedSOPInstanceUIDs of a contour's ContourImageSequence.
+
+    Little-endian raw sequences are scanned for the (0008,1155) elements directly, which
+    avoids building a Dataset per referenced image; anything else goes through pydicom.
+    """
+    elem = item.get_item(_CONTOUR_IMAGES)
+    if elem is None:
+        return ()
+    raw = elem.value
+    if isinstance(elem, RawDataElement) and isinstance(raw, (bytes, bytearray)) and elem.is_little_endian:
+        raw = bytes(raw)
+        out = []
+        marker = _REF_SOP_IMPLICIT if elem.is_implicit_VR else _REF_SOP_EXPLICIT
+        head = 8 if elem.is_implicit_VR else 8  # tag(4) + VR(2) + len(2)  |  tag(4) + len(4)
+        pos = raw.find(marker)
+        while pos >= 0:
+            if elem.is_implicit_VR:
+                n = int.from_bytes(raw[pos + 4 : pos + 8], "little")
+            else:
+                n = int.from_bytes(raw[pos + 6 : pos + 8], "little")
+            out.append(raw[pos + head : pos + head + n].decode("ascii", "replace").strip(" \x00"))
+            pos = raw.find(marker, pos + head + n)
+        return tuple(out)
+    return tuple(str(ci.get("ReferencedSOPInstanceUID", "")) for ci in (item.get("ContourImageSequence", []) or []))
 
 
 def read_structure_set(path: Path) -> StructureSet:
@@ -113,8 +156,8 @@ def read_structure_set(path: Path) -> StructureSet:
             roi.warnings.append(f"ROI number {num} has contours but no StructureSetROISequence entry")
         for c in rc.get("ContourSequence", []) or []:
             pts = parse_contour_data(c)
-            gtype = str(c.get("ContourGeometricType", "CLOSED_PLANAR") or "CLOSED_PLANAR").upper()
-            uids = tuple(str(ci.get("ReferencedSOPInstanceUID", "")) for ci in (c.get("ContourImageSequence", []) or []))
+            gtype = (_raw_text(c, _GEOMETRIC_TYPE) or "CLOSED_PLANAR").upper()
+            uids = image_uids(c)
             if gtype == "CLOSED_PLANAR" and len(pts) < 3:
                 roi.warnings.append(f"a closed contour with {len(pts)} point(s) was ignored")
             roi.contours.append(Contour(points=pts, geometric_type=gtype, image_uids=uids))

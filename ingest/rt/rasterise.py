@@ -55,11 +55,6 @@ class RoiMask:
         return out
 
 
-def _plane_index(grid: Grid, slice_pos: np.ndarray, s: float) -> tuple[int, float]:
-    k = int(np.argmin(np.abs(slice_pos - s)))
-    return k, float(s - slice_pos[k])
-
-
 def rasterise_roi(
     roi: Roi,
     grid: Grid,
@@ -78,29 +73,25 @@ def rasterise_roi(
         kinds = sorted({c.geometric_type for c in roi.contours}) or ["none"]
         warnings.append(f"no closed planar contour with ≥3 points (contour types: {', '.join(kinds)})")
         return RoiMask(roi.name, roi.number, grid.shape, (0, 0, 0), np.zeros((0, 0, 0), bool), warnings, 0)
-    slice_pos = np.arange(nk) * grid.spacing[2]
-    half = 0.5 * grid.spacing[2]
-    xs, ys, ks = [], [], []
-    n_off = n_outside = n_nonplanar = n_missing_img = 0
-    planes: set[int] = set()
-    for c in closed:
-        idx = grid.to_index(c.points)  # (N, 3): j, i, k (k in slice units)
-        s_mm = idx[:, 2] * grid.spacing[2]
-        if np.ptp(s_mm) > NONPLANAR_TOL_MM:
-            n_nonplanar += 1
-        s = float(np.mean(s_mm))
-        if s < -half - 1e-6 or s > slice_pos[-1] + half + 1e-6:
-            n_outside += 1
-            continue
-        k, dz = _plane_index(grid, slice_pos, s)
-        if abs(dz) > plane_tol_mm:
-            n_off += 1
-        if known_image_uids is not None and c.image_uids and not set(c.image_uids) <= known_image_uids:
-            n_missing_img += 1
-        planes.add(k)
-        xs.append(idx[:, 0])
-        ys.append(idx[:, 1])
-        ks.append(np.full(len(idx), k, dtype=np.int64))
+    dz = grid.spacing[2]
+    half = 0.5 * dz
+    last = (nk - 1) * dz
+    # All points of the structure in one transform; per-contour reductions with reduceat.
+    lens = np.array([len(c.points) for c in closed], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    idx = grid.to_index(np.concatenate([c.points for c in closed]))  # (N, 3): j, i, k in slice units
+    s_pts = idx[:, 2] * dz
+    s_mean = np.add.reduceat(s_pts, starts) / lens
+    n_nonplanar = int(np.count_nonzero(np.maximum.reduceat(s_pts, starts) - np.minimum.reduceat(s_pts, starts) > NONPLANAR_TOL_MM))
+    outside = (s_mean < -half - 1e-6) | (s_mean > last + half + 1e-6)
+    n_outside = int(np.count_nonzero(outside))
+    k_of = np.clip(np.rint(s_mean / dz), 0, nk - 1).astype(np.int64)
+    n_off = int(np.count_nonzero(~outside & (np.abs(s_mean - k_of * dz) > plane_tol_mm)))
+    n_missing_img = 0
+    if known_image_uids is not None:
+        n_missing_img = sum(1 for c, o in zip(closed, outside) if not o and c.image_uids and not set(c.image_uids) <= known_image_uids)
+    keep = ~outside
+    planes = set(k_of[keep].tolist())
     if n_outside:
         warnings.append(f"{n_outside} contour(s) lie beyond the first/last CT slice and were clipped")
     if n_off:
@@ -109,19 +100,21 @@ def rasterise_roi(
         warnings.append(f"{n_nonplanar} contour(s) are not planar along the slice normal (mean position used)")
     if n_missing_img:
         warnings.append(f"{n_missing_img} contour(s) reference images not in the CT series (matched by position)")
-    if not xs:
+    if not keep.any():
         warnings.append("every contour lies outside the image")
         return RoiMask(roi.name, roi.number, grid.shape, (0, 0, 0), np.zeros((0, 0, 0), bool), warnings, 0)
     if len(planes) == 1:
         warnings.append("structure has a single contour plane (volume = area × slice spacing)")
 
     # Edges: each contour closes on itself, so edge m joins point m to point m+1 (wrapping).
-    x0 = np.concatenate(xs)
-    y0 = np.concatenate(ys)
-    kk = np.concatenate(ks)
-    nxt = np.concatenate([np.roll(np.arange(len(x)), -1) for x in xs])
-    starts = np.cumsum([0] + [len(x) for x in xs[:-1]])
-    nxt = nxt + np.repeat(starts, [len(x) for x in xs])
+    pt_keep = np.repeat(keep, lens)
+    x0 = idx[pt_keep, 0]
+    y0 = idx[pt_keep, 1]
+    klens = lens[keep]
+    kk = np.repeat(k_of[keep], klens)
+    kstarts = np.concatenate([[0], np.cumsum(klens)[:-1]])
+    nxt = np.arange(1, len(x0) + 1)
+    nxt[kstarts + klens - 1] = kstarts
     x1, y1 = x0[nxt], y0[nxt]
 
     # In-plane clipping is implicit (rows outside are dropped, crossings left of 0 toggle from
