@@ -389,3 +389,11 @@ def test_one_off_cases_sit_on_living_patients(demo_cohort: DemoPaths) -> None:
         if p.deceased:
             assert not any(s.category in ("verification", "empty") or s.placeholder for s in p.studies if s.in_pacs)
             assert p.date_of_death > max(s.study_date for s in p.studies if not s.placeholder)
+
+
+def test_uids_are_valid_2_25_uuids(demo_datasets) -> None:
+    import re
+
+    for ds in demo_datasets[:200]:
+        for uid in (ds.SeriesInstanceUID, ds.SOPInstanceUID):
+            assert re.fullmatch(r"2\.25\.[1-9][0-9]*", uid) and int(uid[5:]) < 2**128

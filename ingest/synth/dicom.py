@@ -57,10 +57,11 @@ class UidFactory:
         self._rng = seed if isinstance(seed, random.Random) else random.Random(f"uid:{seed}")
 
     def __call__(self, prefix: str = "2.25.") -> str:
-        # 2.25 UIDs are a UUID as a decimal integer: at most 39 digits, no leading zero.
-        digits = 39 if prefix == "2.25." else min(30, 64 - len(prefix))
-        value = self._rng.randrange(10 ** (digits - 1), 10**digits)
-        return f"{prefix}{value}"
+        if prefix == "2.25.":
+            # A 2.25 UID is a 128-bit UUID as a decimal integer (no leading zero, below 2**128).
+            return f"{prefix}{self._rng.randrange(10**37, 2**128)}"
+        digits = min(30, 64 - len(prefix))
+        return f"{prefix}{self._rng.randrange(10 ** (digits - 1), 10**digits)}"
 
 
 @dataclass(frozen=True)
