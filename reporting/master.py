@@ -78,9 +78,17 @@ FAILURE_KEY = "__FAILURE__"
 
 @dataclass
 class MasterSheet:
-    """The pivoted sheet: `frame` keeps typed columns; `rendered()` applies the SOP markers."""
+    """The pivoted sheet as typed arrays; `rendered()` applies the SOP markers.
 
-    frame: pd.DataFrame
+    `subjects` and `reference_dates` (datetime64, NaT = none) have one entry per row; `grids`
+    holds, per block key and field, a (subjects × slots) array: datetime64 dates, float day
+    differences (NaN = none) or object text; `used` says how many slots each subject fills.
+    """
+
+    subjects: np.ndarray
+    reference_dates: np.ndarray
+    grids: dict[str, dict[str, np.ndarray]]
+    used: dict[str, np.ndarray]
     blocks: list[Block]
     slots: dict[str, int]
     counts: dict[str, int] = field(default_factory=dict)
@@ -91,42 +99,57 @@ class MasterSheet:
             b.header(label, i) for b in self.blocks for i in range(1, self.slots[b.key] + 1) for label, _, _ in b.fields
         ]
 
-    def rendered(self) -> pd.DataFrame:
-        """Object columns: `datetime.date`, int, str or the null / not applicable markers."""
-        f = self.frame
-        out: dict[str, np.ndarray] = {"Subject": f["Subject"].to_numpy(dtype=object)}
-        out["Reference Date"] = _dates(f["Reference Date"], NOT_APPLICABLE)
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The typed arrays as a DataFrame (for inspection; the outputs use `rendered()`)."""
+        cols: dict[str, np.ndarray] = {"Subject": self.subjects, "Reference Date": self.reference_dates}
         for b in self.blocks:
-            n = f[f"__n {b.key}"].to_numpy()
-            for i in range(1, self.slots[b.key] + 1):
-                present = n >= i
-                for label, _, kind in b.fields:
-                    col = b.header(label, i)
-                    if kind == "date":
-                        vals = _dates(f[col], NULL)
-                    elif kind == "diff":
-                        vals = _ints(f[col], NOT_APPLICABLE)
-                    else:
-                        vals = f[col].to_numpy(dtype=object).copy()
-                        vals[pd.isna(vals)] = NULL
-                    vals[~present] = NULL
-                    out[col] = vals
-        return pd.DataFrame(out, columns=self.columns)
+            for i in range(self.slots[b.key]):
+                for label, column, _ in b.fields:
+                    cols[b.header(label, i + 1)] = self.grids[b.key][column][:, i]
+        return pd.DataFrame(cols)
+
+    def rendered(self) -> pd.DataFrame:
+        """Object columns: `datetime.date`, int, str or the null / not applicable markers.
+
+        Works a whole block at a time (subjects × slots × fields), then lays the slots out side
+        by side, so the cost does not grow with the number of columns.
+        """
+        n = len(self.subjects)
+        parts = [self.subjects.astype(object).reshape(n, 1),
+                 _dates(self.reference_dates, NOT_APPLICABLE).reshape(n, 1)]
+        for b in self.blocks:
+            k = self.slots[b.key]
+            cube = np.empty((n, k, len(b.fields)), dtype=object)
+            for f, (_, column, kind) in enumerate(b.fields):
+                g = self.grids[b.key][column]
+                if kind == "date":
+                    cube[:, :, f] = _dates(g, NULL)
+                elif kind == "diff":
+                    cube[:, :, f] = _ints(g, NOT_APPLICABLE)
+                else:
+                    vals = g.copy()
+                    vals[pd.isna(vals)] = NULL
+                    cube[:, :, f] = vals
+            absent = self.used[b.key][:, None] <= np.arange(k)[None, :]
+            cube[absent] = NULL
+            parts.append(cube.reshape(n, k * len(b.fields)))
+        return pd.DataFrame(np.concatenate(parts, axis=1), columns=self.columns)
 
 
-def _dates(s: pd.Series, marker: str) -> np.ndarray:
-    out = np.full(len(s), marker, dtype=object)
-    ok = s.notna().to_numpy()
+def _dates(arr: np.ndarray, marker: str) -> np.ndarray:
+    out = np.full(arr.shape, marker, dtype=object)
+    ok = ~np.isnat(arr)
     if ok.any():
-        out[ok] = pd.to_datetime(s[ok]).dt.date.to_numpy()
+        out[ok] = arr[ok].astype("datetime64[D]").astype(object)
     return out
 
 
-def _ints(s: pd.Series, marker: str) -> np.ndarray:
-    out = np.full(len(s), marker, dtype=object)
-    ok = s.notna().to_numpy()
+def _ints(arr: np.ndarray, marker: str) -> np.ndarray:
+    out = np.full(arr.shape, marker, dtype=object)
+    ok = ~np.isnan(arr)
     if ok.any():
-        out[ok] = [int(v) for v in s[ok].to_numpy()]
+        out[ok] = arr[ok].astype(np.int64).astype(object)
     return out
 
 
@@ -160,10 +183,8 @@ def build_master(
 
 
 def _build(con, sessions, reference_dates, failures, slots_min, subjects, modalities) -> MasterSheet:
-    sess = sessions.reindex(columns=list(LONG_COLUMNS))
-    fails = (failures if failures is not None else pd.DataFrame(columns=list(FAILURE_COLUMNS))).reindex(
-        columns=list(FAILURE_COLUMNS)
-    )
+    sess = _view(sessions, LONG_COLUMNS)
+    fails = _view(failures if failures is not None else pd.DataFrame(columns=list(FAILURE_COLUMNS)), FAILURE_COLUMNS)
     refs = pd.DataFrame({"subject": list(reference_dates.keys()), "ref_date": list(reference_dates.values())})
     extra = pd.DataFrame({"subject": list(subjects)})
     con.register("long_in", sess)
@@ -182,17 +203,14 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
                    CASE upper(trim(CAST(modality AS VARCHAR))) WHEN 'PT' THEN 'PET' WHEN 'MRI' THEN 'MR'
                         WHEN '' THEN 'OT' ELSE coalesce(upper(trim(CAST(modality AS VARCHAR))), 'OT') END AS block,
                    CAST(date AS DATE) AS date, CAST(session_id AS VARCHAR) AS session_id,
-                   CAST(uid AS VARCHAR) AS uid, CAST(scans AS VARCHAR) AS scans,
-                   NULL::VARCHAR AS fmodality, NULL::VARCHAR AS accession,
-                   NULL::VARCHAR AS description, NULL::VARCHAR AS status
+                   CAST(uid AS VARCHAR) AS uid, NULL::VARCHAR AS accession, __src
             FROM long_in
             UNION ALL
-            SELECT CAST(subject AS VARCHAR), '{FAILURE_KEY}', CAST(date AS DATE), NULL, CAST(uid AS VARCHAR), NULL,
-                   CAST(modality AS VARCHAR), CAST(accession AS VARCHAR),
-                   CAST(description AS VARCHAR), CAST(status AS VARCHAR)
+            SELECT CAST(subject AS VARCHAR), '{FAILURE_KEY}', CAST(date AS DATE), NULL, CAST(uid AS VARCHAR),
+                   CAST(accession AS VARCHAR), __src
             FROM fail_in
         )
-        SELECT u.*, u.date - r.ref_date AS diff,
+        SELECT u.subject, u.block, u.date, u.__src, u.date - r.ref_date AS diff,
                row_number() OVER (PARTITION BY u.subject, u.block
                                   ORDER BY u.date NULLS LAST, u.uid NULLS LAST, u.session_id NULLS LAST,
                                            u.accession NULLS LAST) AS slot
@@ -206,37 +224,82 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
     blocks = [Block(m, _MOD_FIELDS, m) for m in mods] + [Block("Failure", _FAIL_FIELDS, FAILURE_KEY)]
     slots = {b.key: max(slots_min, int(most.get(b.key, 0))) for b in blocks}
 
-    aggs: list[str] = []
-    for b in blocks:
-        key = _sql_str(b.key)
-        aggs.append(f'count(*) FILTER (WHERE block = {key}) AS "__n {b.key}"')
-        for i in range(1, slots[b.key] + 1):
-            for label, column, _ in b.fields:
-                name = b.header(label, i).replace('"', '""')
-                aggs.append(f'any_value({column}) FILTER (WHERE block = {key} AND slot = {i}) AS "{name}"')
-    agg_sql = ",\n".join(aggs)
-    frame = con.execute(f"""
-        WITH subj AS (
+    # Pivot: DuckDB gives every session its row (subject index) and column (block, slot);
+    # numpy then scatters each field into place in one pass, instead of hundreds of
+    # conditional aggregates (which DuckDB plans and runs column by column).
+    con.register("blocks_in", pd.DataFrame({"block": [b.key for b in blocks], "bidx": range(len(blocks))}))
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE subj AS
+        SELECT subject, CAST(row_number() OVER (ORDER BY subject) - 1 AS BIGINT) AS i FROM (
             SELECT subject FROM numbered
             UNION SELECT subject FROM ref
-            UNION SELECT CAST(subject AS VARCHAR) FROM extra_in WHERE subject IS NOT NULL AND subject <> ''
-        ),
-        agg AS (SELECT subject, {agg_sql} FROM numbered GROUP BY subject)
-        SELECT s.subject AS "Subject", r.ref_date AS "Reference Date", agg.* EXCLUDE (subject)
-        FROM subj s LEFT JOIN ref r USING (subject) LEFT JOIN agg USING (subject)
-        ORDER BY s.subject""").df()
-    for b in blocks:
-        frame[f"__n {b.key}"] = frame[f"__n {b.key}"].fillna(0).astype("int64")
+            UNION SELECT CAST(subject AS VARCHAR) FROM extra_in WHERE subject IS NOT NULL AND subject <> '')""")
+    head = con.execute("""
+        SELECT s.subject AS "Subject", r.ref_date AS "Reference Date"
+        FROM subj s LEFT JOIN ref r USING (subject) ORDER BY s.i""").df()
+    cells = con.execute("""
+        SELECT b.bidx, s.i, n.slot, n.date, n.diff, n.__src
+        FROM numbered n JOIN subj s USING (subject) JOIN blocks_in b USING (block)
+        ORDER BY b.bidx""").df()
+    con.unregister("blocks_in")
+    n_subj = len(head)
+    bidx = cells["bidx"].to_numpy()
+    bounds = np.searchsorted(bidx, np.arange(len(blocks) + 1))
+    grids_all: dict[str, dict[str, np.ndarray]] = {}
+    used: dict[str, np.ndarray] = {}
+    ref_dates = head["Reference Date"].to_numpy(dtype="datetime64[ns]")
+    text_cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def text_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+        key = (id(frame), name)
+        if key not in text_cache:
+            text_cache[key] = frame[name].to_numpy(dtype=object)
+        return text_cache[key]
+
+    for k, b in enumerate(blocks):
+        part = cells.iloc[bounds[k]:bounds[k + 1]]
+        # Text fields come straight from the caller's frame by row number: no string copies.
+        src_frame = fails if b.key == FAILURE_KEY else sess
+        src = part["__src"].to_numpy(dtype=np.int64)
+        rows = part["i"].to_numpy(dtype=np.int64)
+        slot = part["slot"].to_numpy(dtype=np.int64) - 1
+        grids = {}
+        for _, column, kind in b.fields:
+            shape = (n_subj, slots[b.key])
+            if kind == "date":
+                grid = np.full(shape, np.datetime64("NaT"), dtype="datetime64[ns]")
+                vals = part[column].to_numpy(dtype="datetime64[ns]")
+            elif kind == "diff":
+                grid = np.full(shape, np.nan)
+                vals = part[column].to_numpy(dtype=float, na_value=np.nan)
+            else:
+                grid = np.full(shape, None, dtype=object)
+                vals = text_column(src_frame, _SOURCE_COLUMN.get(column, column))[src]
+            grid[rows, slot] = vals
+            grids[column] = grid
+        used[b.key] = np.bincount(rows, minlength=n_subj).astype(np.int64)
+        grids_all[b.key] = grids
     counts = {
-        "subjects": len(frame),
+        "subjects": n_subj,
         "sessions": int(len(sess)),
         "failures": int(len(fails)),
-        "subjects_with_reference_date": int(frame["Reference Date"].notna().sum()),
+        "subjects_with_reference_date": int((~np.isnat(ref_dates)).sum()),
     }
     for name in ("long_in", "fail_in", "ref_in", "extra_in"):
         con.unregister(name)
-    return MasterSheet(frame=frame, blocks=blocks, slots=slots, counts=counts)
+    return MasterSheet(subjects=head["Subject"].to_numpy(dtype=object), reference_dates=ref_dates,
+                       grids=grids_all, used=used, blocks=blocks, slots=slots, counts=counts)
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+_SOURCE_COLUMN = {"fmodality": "modality"}
+
+
+def _view(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The named columns (missing ones empty) plus a row number, without copying the data."""
+    n = len(frame)
+    data = {c: (frame[c] if c in frame.columns else pd.Series([None] * n, index=frame.index, dtype=object))
+            for c in columns}
+    data["__src"] = np.arange(n, dtype=np.int64)
+    out = pd.DataFrame(data, copy=False)
+    out.index = pd.RangeIndex(n)
+    return out
