@@ -202,3 +202,14 @@ def test_missing_or_short_key_is_a_config_error(monkeypatch):
     monkeypatch.setenv("RTLAKE_PSEUDO_KEY", "short")
     with pytest.raises(ConfigError, match="shorter than"):
         load_key("RTLAKE_PSEUDO_KEY")
+
+
+def test_date_shift_handles_ranges_datetimes_and_bad_values():
+    from ingest.pseudo.deid import shift_date, shift_datetime
+
+    assert shift_date("20210314", 14) == "20210228"
+    assert shift_date("20200301", 1) == "20200229"
+    assert shift_date("20210101-20210131", 31) == "20201201-20201231"
+    assert shift_date("2021", 3) == "" and shift_date("notadate", 3) == ""
+    assert shift_datetime("20210314101500.123+0100", 14) == "20210228101500.123+0100"
+    assert shift_datetime("2021", 5) == ""

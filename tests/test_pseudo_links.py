@@ -104,3 +104,21 @@ def test_same_key_byte_identical_other_key_different(tmp_path):
     assert pz1.patient_pseudonym(s.patient_id) != pz3.patient_pseudonym(s.patient_id)
     assert set(pz1.remapper.seen.values()).isdisjoint(pz3.remapper.seen.values())
     assert _tree_digest(tmp_path / "in") == originals  # originals never modified
+
+
+def test_dcmtk_reads_every_pseudonymised_file(tmp_path):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump is None:
+        pytest.skip("dcmtk not installed (make system-deps)")
+    s = make_rt_set(tmp_path / "in")
+    _, outcome = _run(s.all_dicom, tmp_path / "out")
+    for out in outcome.written.values():
+        res = subprocess.run([dcmdump, "-q", "+E", str(out)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and not res.stderr.strip(), (out.name, res.stderr)
+        assert "PatientIdentityRemoved" in subprocess.run(
+            [dcmdump, str(out)], capture_output=True, text=True, timeout=60).stdout
