@@ -5,8 +5,10 @@ holes (a ring drawn as outer + inner contour) and islands inside holes come out 
 with plastimatch `--xor-contours`. The scanline is fully vectorised over every edge of every
 contour of a structure: each edge yields its crossings with the pixel-centre rows, each
 crossing toggles the parity of all pixels to its right, and a cumulative sum along the row
-turns toggles into spans. A crossing exactly on a pixel centre counts that pixel as inside on
-the right-hand edge and outside on the left-hand edge.
+turns toggles into spans. Ties follow plastimatch: along a row, spans are (left, right] (a centre
+exactly on a left-hand edge is outside, on a right-hand edge inside); across rows, an edge
+covers rows [top, bottom). plastimatch works in float32, so a centre within ~1e-5 pixel of an
+edge can still differ from it.
 
 Contour planes are matched to the nearest slice; planes further than `plane_tol_mm` from
 every slice are still used but flagged, and planes beyond the image (more than half a slice
