@@ -43,6 +43,8 @@ def test_upload_creates_project_subject_and_session_then_skips(xnat_server, xnat
     finally:
         store2.close()
     assert again.location == stored.location
+    assert sorted((s.series_uid, s.scan_id, s.modality) for s in again.scans) == sorted(
+        (s.series_uid, s.scan_id, "CT") for s in stored.scans)
     assert xnat_server.count("POST", r"^/data/services/import$") == 1
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import StoreError
-from ..records import SessionPlan, StoredFile, StoredSession
+from ..records import SessionPlan, StoredFile, StoredScan, StoredSession
 from ._xnat_client import XnatClient, XnatSettings, scratch_dir
 from ._xnat_zip import pack_study
 from .base import Store
@@ -199,11 +199,24 @@ class XnatStore(Store):
     def _stored(self, plan: SessionPlan, k: _Known, packed: Any) -> StoredSession:
         location = f"{self.url}/data/experiments/{k.id}" if k.id else f"{self.url}/data/projects/{self.project}"
         if packed is None:
-            return StoredSession(plan=plan, location=location)
+            return StoredSession(plan=plan, location=location, scans=self._scans_of(k))
         scan_of = {s.series_uid: s.scan_id for s in packed.scans}
         files = [StoredFile(f.sop_uid, f.series_uid, f"{location}/scans/{scan_of.get(f.series_uid, '')}/"
                             f"{Path(f.path).name}", f.size) for f in packed.files]
         return StoredSession(plan=plan, location=location, scans=packed.scans, files=files)
+
+    def _scans_of(self, k: _Known) -> list[StoredScan]:
+        """What XNAT holds for a session we did not upload in this run (file counts unknown: 0)."""
+        if not k.id:
+            return []
+        rows = self.client.call(
+            lambda s: self.client.get_rows(s, f"/data/experiments/{k.id}/scans",
+                                           {"columns": "ID,type,UID,series_description,xsiType"}),
+            f"scans of session {k.id}")
+        return [StoredScan(series_uid=r.get("UID", ""), scan_id=r.get("ID", ""),
+                           modality=XSI_MODALITY.get(r.get("xsiType", "").replace("ScanData", "SessionData"), ""),
+                           description=r.get("series_description") or r.get("type", ""), n_files=0)
+                for r in rows if r.get("ID")]
 
     # -- listings ------------------------------------------------------------------------------
     def session_rows(self, xsi_type: str | None = None, with_scans: bool = True) -> list[dict]:
