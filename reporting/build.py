@@ -134,8 +134,9 @@ def build_reports(cfg: Config, catalog: Catalog, run_id: str | None = None) -> l
     """Build every report for the catalog; returns the files written (outbox first)."""
     run = run_id or _latest_run(catalog) or "report-" + dt.date.today().strftime("%Y%m%d")
     data = gather_from_catalog(cfg, catalog, run)
+    cohort = str(cfg.inputs.cohort)
     for p in data.problems:
-        if not p.message.startswith("cohort file"):  # cohort problems belong to the harvest stage
+        if p.path != cohort:  # cohort rows are the harvest stage's to record; listed in Problems here
             catalog.record_failure(run, "report", f"{p.path}:{p.line}", p.message, error_type="InputProblem")
     rates = failure_rates(catalog, cfg.report.baseline_failure_rate)
     return write_outputs(cfg, data, run, rates, Path(cfg.report.outbox), Path(cfg.state_dir) / "reports")
