@@ -38,7 +38,7 @@ from .synth.dicom import (
     StudyInfo,
     UidFactory,
     pacs_path,
-    write_image_instance,
+    write_image_series,
 )
 from .synth.rtset import write_rt_set
 
@@ -269,14 +269,13 @@ class _Gen:
         for number, (modality, sdesc) in enumerate(plan, start=1):
             series_uid = self.uid()
             count = 1 if modality in ("SR", "NM") else self.rng.randint(1, 5 if modality in ("CT", "MR", "PT") else 3)
-            for i in range(1, count + 1):
-                sop = self.uid()
-                write_image_instance(
-                    pacs_path(self.pacs, patient.patient_id, study.study_uid, series_uid, sop), patient, study,
-                    modality=modality, series_uid=series_uid, sop_uid=sop, series_number=number, instance_number=i,
-                    series_description=sdesc, frame_of_reference_uid=frame_uid, rng=self.np_rng, size=size,
-                )
-                n_inst += 1
+            sops = [self.uid() for _ in range(count)]
+            write_image_series(
+                [(pacs_path(self.pacs, patient.patient_id, study.study_uid, series_uid, sop), sop) for sop in sops],
+                patient, study, modality=modality, series_uid=series_uid, series_number=number,
+                series_description=sdesc, frame_of_reference_uid=frame_uid, rng=self.np_rng, size=size,
+            )
+            n_inst += count
         return len(plan), n_inst
 
 
@@ -393,13 +392,12 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
             study = StudyInfo(gen.uid(RT_VERIFICATION_UID_PREFIX), when, gen.time(), D.RT_VERIFICATION_DESCRIPTION,
                               accession="", study_id="")
             series_uid, frame_uid = gen.uid(), gen.uid()
-            for k in range(1, 4):
-                sop = gen.uid()
-                write_image_instance(
-                    pacs_path(gen.pacs, p.hospital_id, study.study_uid, series_uid, sop), info, study,
-                    modality="CT", series_uid=series_uid, sop_uid=sop, series_number=1, instance_number=k,
-                    series_description="CBCT", frame_of_reference_uid=frame_uid, rng=gen.np_rng,
-                )
+            sops = [gen.uid() for _ in range(3)]
+            write_image_series(
+                [(pacs_path(gen.pacs, p.hospital_id, study.study_uid, series_uid, sop), sop) for sop in sops],
+                info, study, modality="CT", series_uid=series_uid, series_number=1, series_description="CBCT",
+                frame_of_reference_uid=frame_uid, rng=gen.np_rng,
+            )
             p.studies.append(SyntheticStudy(study.study_uid, "", when, study.description, study.description,
                                             "verification", ("CT",), "", 1, 3))
 

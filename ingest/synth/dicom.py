@@ -258,8 +258,33 @@ def _phantom(rng: np.random.Generator, size: int, *, lo: float, hi: float, dtype
     return np.clip(np.rint(img), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
 
 
-def write_image_instance(
-    path: Path,
+# modality -> (background, foreground, dtype, BitsStored override)
+_PIXELS: dict[str, tuple[float, float, str, int | None]] = {
+    "CT": (24, 1064, "int16", None),  # stored = HU + 1024
+    "MR": (0, 900, "uint16", None),
+    "PT": (0, 5000, "uint16", None),
+    "CR": (100, 3000, "uint16", 12),
+    "DX": (100, 3000, "uint16", 12),
+    "RF": (100, 3000, "uint16", 12),
+    "XA": (100, 3000, "uint16", 12),
+    "US": (0, 200, "uint8", None),
+    "NM": (0, 400, "uint16", None),
+}
+
+
+def _set_modality_pixels(ds: Dataset, modality: str, rng: np.random.Generator, size: int) -> None:
+    spec = _PIXELS.get(modality)
+    if spec is None:  # SR
+        return
+    lo, hi, dtype, stored = spec
+    arr = _phantom(rng, size, lo=lo, hi=hi, dtype=dtype)
+    set_pixels(ds, arr[None, ...] if modality == "NM" else arr)
+    if stored is not None:
+        ds.BitsStored = stored
+        ds.HighBit = stored - 1
+
+
+def _image_dataset(
     patient: PatientInfo,
     study: StudyInfo,
     *,
@@ -270,11 +295,10 @@ def write_image_instance(
     instance_number: int,
     series_description: str,
     frame_of_reference_uid: str,
-    rng: np.random.Generator,
-    size: int = 32,
-    slice_spacing: float = 5.0,
-) -> Path:
-    """Write one small diagnostic instance of ``modality`` (CT, MR, PT, CR, DX, RF, XA, NM, US, SR)."""
+    size: int,
+    slice_spacing: float,
+) -> Dataset:
+    """Every module of a diagnostic instance except its pixels."""
     ds = new_dataset(
         patient,
         study,
@@ -302,7 +326,6 @@ def write_image_instance(
             ds.RescaleIntercept = "-1024"
             ds.RescaleSlope = "1"
             ds.RescaleType = "HU"
-            set_pixels(ds, _phantom(rng, size, lo=24, hi=1064, dtype="int16"))
         elif modality == "MR":
             ds.ScanningSequence = "SE"
             ds.SequenceVariant = "NONE"
@@ -312,7 +335,6 @@ def write_image_instance(
             ds.EchoTime = "15"
             ds.EchoTrainLength = 1
             ds.MagneticFieldStrength = "1.5"
-            set_pixels(ds, _phantom(rng, size, lo=0, hi=900, dtype="uint16"))
         else:
             ds.SeriesType = ["STATIC", "IMAGE"]
             ds.Units = "BQML"
@@ -327,7 +349,6 @@ def write_image_instance(
                 item(Radiopharmaceutical="Fluorodeoxyglucose", RadionuclideTotalDose="350000000",
                      RadionuclideHalfLife="6586.2", RadiopharmaceuticalStartTime=study.study_time)
             )
-            set_pixels(ds, _phantom(rng, size, lo=0, hi=5000, dtype="uint16"))
     elif modality in ("CR", "DX", "RF", "XA", "US"):
         ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["SINGLE PLANE"] if modality in ("RF", "XA") else [])
         ds.PatientOrientation = ["L", "F"] if modality != "US" else ""
@@ -347,12 +368,6 @@ def write_image_instance(
             ds.PositionerMotion = "STATIC"
             ds.KVP = "70"
             ds.PixelIntensityRelationship = "LIN"
-        if modality == "US":
-            set_pixels(ds, _phantom(rng, size, lo=0, hi=200, dtype="uint8"))
-        else:
-            set_pixels(ds, _phantom(rng, size, lo=100, hi=3000, dtype="uint16"))
-            ds.BitsStored = 12
-            ds.HighBit = 11
     elif modality == "NM":
         ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]
         ds.FrameIncrementPointer = 0x00540010  # EnergyWindowVector
@@ -362,12 +377,85 @@ def write_image_instance(
         ds.NumberOfDetectors = 1
         ds.PixelSpacing = [fmt_ds(pix * 2), fmt_ds(pix * 2)]
         ds.RadiopharmaceuticalInformationSequence = seq(item(Radiopharmaceutical="Tc99m MDP"))
-        set_pixels(ds, _phantom(rng, size, lo=0, hi=400, dtype="uint16")[None, ...])
     elif modality == "SR":
         _basic_text_sr(ds, study)
     else:
         raise ValueError(f"no synthetic writer for modality {modality!r}")
+    return ds
+
+
+def write_image_instance(
+    path: Path,
+    patient: PatientInfo,
+    study: StudyInfo,
+    *,
+    modality: str,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    frame_of_reference_uid: str,
+    rng: np.random.Generator,
+    size: int = 32,
+    slice_spacing: float = 5.0,
+) -> Path:
+    """Write one small diagnostic instance of ``modality`` (CT, MR, PT, CR, DX, RF, XA, NM, US, SR).
+
+    Raises:
+        ValueError: a modality without a synthetic writer.
+    """
+    ds = _image_dataset(patient, study, modality=modality, series_uid=series_uid, sop_uid=sop_uid,
+                        series_number=series_number, instance_number=instance_number,
+                        series_description=series_description, frame_of_reference_uid=frame_of_reference_uid,
+                        size=size, slice_spacing=slice_spacing)
+    _set_modality_pixels(ds, modality, rng, size)
     return write(ds, path)
+
+
+def write_image_series(
+    instances: Sequence[tuple[Path, str]],
+    patient: PatientInfo,
+    study: StudyInfo,
+    *,
+    modality: str,
+    series_uid: str,
+    series_number: int,
+    series_description: str,
+    frame_of_reference_uid: str,
+    rng: np.random.Generator,
+    size: int = 32,
+    slice_spacing: float = 5.0,
+) -> list[Path]:
+    """Write a series: ``instances`` is (path, SOPInstanceUID) per instance, numbered from 1.
+
+    The same bytes as :func:`write_image_instance` per instance, but the dataset is built once
+    and only the per-instance values (UID, number, position, pixels) change.
+
+    Raises:
+        ValueError: a modality without a synthetic writer.
+    """
+    out: list[Path] = []
+    ds: Dataset | None = None
+    for number, (path, sop) in enumerate(instances, start=1):
+        if ds is None:
+            ds = _image_dataset(patient, study, modality=modality, series_uid=series_uid, sop_uid=sop,
+                                series_number=series_number, instance_number=number,
+                                series_description=series_description,
+                                frame_of_reference_uid=frame_of_reference_uid, size=size,
+                                slice_spacing=slice_spacing)
+        else:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+            ds.InstanceNumber = number
+            if "ImagePositionPatient" in ds:
+                z = (number - 1) * slice_spacing
+                ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], fmt_ds(z)]
+                ds.SliceLocation = fmt_ds(z)
+            if "ImageIndex" in ds:
+                ds.ImageIndex = number
+        _set_modality_pixels(ds, modality, rng, size)
+        out.append(write(ds, path))
+    return out
 
 
 def _basic_text_sr(ds: Dataset, study: StudyInfo) -> None:
