@@ -122,3 +122,13 @@ def test_dcmtk_reads_every_pseudonymised_file(tmp_path):
         assert res.returncode == 0 and not res.stderr.strip(), (out.name, res.stderr)
         assert "PatientIdentityRemoved" in subprocess.run(
             [dcmdump, str(out)], capture_output=True, text=True, timeout=60).stdout
+
+
+def test_2_25_uids_are_uuid_sized():
+    from ingest.pseudo.keys import PseudoKey
+
+    key = PseudoKey(b"unit-test-key-0123456789abcdef")
+    values = [key.uid(f"1.2.3.{i}", "2.25") for i in range(2000)]
+    assert all(int(v.split(".")[2]) < 2**128 for v in values)
+    assert len(set(values)) == len(values)
+    assert max(len(v) for v in values) <= 44

@@ -43,10 +43,12 @@ class PseudoKey:
         room = 64 - len(root) - 1
         if room < 10:
             raise ConfigError(f"[pseudo] uid_root {root!r} is too long to leave room for remapped UIDs")
-        n = int.from_bytes(self.digest("uid", value), "big")
-        # 2.25 roots take a UUID-sized integer (39 digits); other roots fill what is left.
-        digits = min(room, 39)
-        n = n % (10**digits)
+        digest = self.digest("uid", value)
+        if root == "2.25":
+            # PS3.5 B.2: under 2.25 the number is a UUID, i.e. below 2**128.
+            n = int.from_bytes(digest[:16], "big")
+        else:
+            n = int.from_bytes(digest, "big") % (10 ** min(room, 39))
         return f"{root}.{n}"
 
     def date_shift_days(self, patient_key: str, max_days: int) -> int:
