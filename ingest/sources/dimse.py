@@ -54,12 +54,13 @@ def status_text(code: int) -> str:
 class _MoveRouter:
     """The built-in storage SCP for C-MOVE: sends each incoming instance to the study being moved."""
 
-    def __init__(self, ae_title: str, port: int, nodelay: bool, pacs: str) -> None:
+    def __init__(self, ae_title: str, port: int, nodelay: bool, pacs: str, idle_timeout: float | None = None) -> None:
         self.pacs = pacs
         self.active: dict[str, ReceivedStudy] = {}
         self.errors: list[str] = []
         self.lock = threading.Lock()
-        ae = NodelayAE(ae_title, nodelay)
+        ae = NodelayAE(ae_title, nodelay, idle_timeout=idle_timeout)
+        ae.network_timeout = idle_timeout
         ae.supported_contexts = StoragePresentationContexts
         ae.maximum_pdu_size = 0
         self.server = ae.start_server(("127.0.0.1" if port == 0 else "", port), block=False,
@@ -118,8 +119,8 @@ class DimseSource(Source):
 
     # -- associations ------------------------------------------------------------------------
     def _ae(self) -> NodelayAE:
-        ae = NodelayAE(self.calling_aet, self.nodelay)
         t = self.transfer.read_timeout
+        ae = NodelayAE(self.calling_aet, self.nodelay, idle_timeout=t)
         ae.acse_timeout = t
         ae.dimse_timeout = t  # waits for the next message: an idle timeout, not a whole-move deadline
         ae.network_timeout = t
@@ -294,7 +295,8 @@ class DimseSource(Source):
         with self._router_lock:
             if self._router is None:
                 try:
-                    self._router = _MoveRouter(self.move_aet, self.move_port, self.nodelay, self.peer)
+                    self._router = _MoveRouter(self.move_aet, self.move_port, self.nodelay, self.peer,
+                                               idle_timeout=max(self.transfer.read_timeout, 30.0))
                 except OSError as exc:
                     raise SourceError(f"{self.peer}: cannot start the C-MOVE storage SCP on port "
                                       f"{self.move_port}: {exc}") from None

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .orthanc import free_port
+from .orthanc import die_with_parent, free_port
 
 DCMQRSCP_BIN = shutil.which("dcmqrscp") or "/usr/bin/dcmqrscp"
 
@@ -111,7 +111,7 @@ AETable END
         env["TCP_NODELAY"] = "1"
     with open(root / "stdout.log", "wb") as out:
         proc = subprocess.Popen([DCMQRSCP_BIN, "-c", str(cfg), str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=root, start_new_session=True)
+                                env=env, cwd=root, start_new_session=True, preexec_fn=die_with_parent)
     srv = DcmqrscpServer(root=root, port=port, aet=aet, scu_aet=scu_aet, scu_port=scu_port, proc=proc)
     deadline = time.monotonic() + 10
     import socket

@@ -227,6 +227,10 @@ class FaultProxy:
                 pass
             finally:
                 done.set()
+                try:  # pass the half-close on, or a peer that waits for our FIN keeps its worker busy
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
 
         back = threading.Thread(target=pump, args=(up, client, True), daemon=True)
         back.start()

@@ -24,6 +24,18 @@ ORTHANC_BIN = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
+def die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it when the test process dies, so a
+    killed pytest run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (bind port 0 and let the kernel choose)."""
     with socket.socket() as s:
@@ -166,7 +178,8 @@ def start_orthanc(
         env["TCP_NODELAY"] = "1"
     with open(root / "stdout.log", "wb") as out:
         proc = subprocess.Popen([ORTHANC_BIN, f"--logdir={root / 'logs'}", str(cfg_path)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{http_port}"
     srv = OrthancServer(root=root, url=url, username=username, password=password, dicom_port=dicom_port,
                         http_port=http_port, aet=aet, scu_aet=scu_aet, scu_port=scu_port, proc=proc)
