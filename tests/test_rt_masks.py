@@ -227,6 +227,14 @@ def test_fast_contour_parsing_agrees_with_pydicom(tmp_path, syntax):
         ds.save_as(path, enforce_file_format=True)
     ours = read_structure_set(path)
     ref = pydicom.dcmread(path)
+    # The raw-bytes walker (the fast path) reads these items itself, without falling back.
+    from pydicom.tag import Tag
+
+    from ingest.rt import rawseq
+
+    raw = pydicom.dcmread(path).ROIContourSequence[1].get_item(Tag(0x3006, 0x0040))
+    walked = rawseq.contour_items(bytes(raw.value), raw.is_implicit_VR)
+    assert len(walked) == len(ref.ROIContourSequence[1].ContourSequence) and walked[0][1] == "CLOSED_PLANAR"
     for roi, rc in zip(ours.rois, ref.ROIContourSequence):
         for c, item in zip(roi.contours, rc.ContourSequence):
             assert np.array_equal(c.points, np.array([float(v) for v in item.ContourData]).reshape(-1, 3))

@@ -117,6 +117,72 @@ def image_uids(item) -> tuple[str, ...]:
     return tuple(str(ci.get("ReferencedSOPInstanceUID", "")) for ci in (item.get("ContourImageSequence", []) or []))
 
 
+def _points(text: bytes | str) -> np.ndarray:
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("ascii", "replace")
+    text = text.strip(" \x00")
+    if not text:
+        return np.empty((0, 3))
+    flat = np.fromstring(text, dtype=np.float64, sep="\\")
+    if flat.size != text.count("\\") + 1:  # a value numpy could not parse: let Python say which
+        flat = np.array(text.split("\\"), dtype=np.float64)
+    if flat.size % 3:
+        flat = flat[: flat.size - flat.size % 3]
+    return flat.reshape(-1, 3)
+
+
+def _parse_many(texts: list[bytes]) -> list[np.ndarray]:
+    """ContourData of many contours in one C-level float parse (pandas), split back per contour.
+
+    One call for the whole structure set instead of one per contour; any irregularity (an
+    empty value, a number the C parser rejects) falls back to the per-contour parser.
+    """
+    import io
+
+    import pandas as pd
+
+    clean = [t.strip(b" \x00") for t in texts]
+    counts = [t.count(b"\\") + 1 if t else 0 for t in clean]
+    body = b"\n".join(t for t in clean if t).replace(b"\\", b"\n")
+    values = None
+    if body:
+        try:
+            values = pd.read_csv(io.BytesIO(body), header=None, dtype=np.float64, engine="c").to_numpy().ravel()
+        except (ValueError, pd.errors.ParserError):
+            values = None
+        if values is not None and values.size != sum(counts):
+            values = None
+    if values is None:
+        return [_points(t) for t in clean]
+    out = []
+    pos = 0
+    for n in counts:
+        flat = values[pos : pos + n]
+        pos += n
+        if flat.size % 3:
+            flat = flat[: flat.size - flat.size % 3]
+        out.append(flat.reshape(-1, 3))
+    return out
+
+
+def _contours(roi_contour_item):
+    """(points, geometric type, image UIDs) per contour: raw-bytes fast path, pydicom otherwise."""
+    from . import rawseq
+
+    elem = roi_contour_item.get_item(Tag(0x3006, 0x0040))
+    if elem is None:
+        return []
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, (bytes, bytearray)) and elem.is_little_endian:
+        try:
+            return [(d, g.upper(), u) for d, g, u in rawseq.contour_items(bytes(elem.value), elem.is_implicit_VR)]
+        except ValueError:
+            log.debug("raw contour walk failed; using pydicom", exc_info=True)
+    out = []
+    for c in roi_contour_item.get("ContourSequence", []) or []:
+        out.append((parse_contour_data(c), (_raw_text(c, _GEOMETRIC_TYPE) or "CLOSED_PLANAR").upper(), image_uids(c)))
+    return out  # points already parsed (arrays); the fast path returns bytes
+
+
 def read_structure_set(path: Path) -> StructureSet:
     """Parse an RTSTRUCT file.
 
@@ -148,19 +214,29 @@ def read_structure_set(path: Path) -> StructureSet:
         num = int(obs.get("ReferencedROINumber", -1))
         if num in rois:
             rois[num].interpreted_type = str(obs.get("RTROIInterpretedType", "") or "")
-    for rc in ds.get("ROIContourSequence", []) or []:
+    pending: list[tuple[Roi, object, str, tuple[str, ...]]] = []
+    try:
+        rc_items = list(ds.get("ROIContourSequence", []) or [])
+    except Exception as exc:  # noqa: BLE001
+        raise RtConversionError("XIII_EXEC_001", f"{path}: unreadable ROIContourSequence ({exc})") from None
+    for rc in rc_items:
         num = int(rc.get("ReferencedROINumber", -1))
         roi = rois.get(num)
         if roi is None:
             roi = rois[num] = Roi(number=num, name=f"ROI_{num}")
             roi.warnings.append(f"ROI number {num} has contours but no StructureSetROISequence entry")
-        for c in rc.get("ContourSequence", []) or []:
-            pts = parse_contour_data(c)
-            gtype = (_raw_text(c, _GEOMETRIC_TYPE) or "CLOSED_PLANAR").upper()
-            uids = image_uids(c)
-            if gtype == "CLOSED_PLANAR" and len(pts) < 3:
-                roi.warnings.append(f"a closed contour with {len(pts)} point(s) was ignored")
-            roi.contours.append(Contour(points=pts, geometric_type=gtype, image_uids=uids))
+        for data, gtype, uids in _contours(rc):
+            pending.append((roi, data, gtype, uids))
+    raw = [d for _, d, _, _ in pending if isinstance(d, (bytes, bytearray))]
+    try:
+        parsed = iter(_parse_many(raw)) if raw else iter(())
+    except ValueError as exc:
+        raise RtConversionError("XIII_EXEC_001", f"{path}: ContourData is not a list of numbers ({exc})") from None
+    for roi, data, gtype, uids in pending:
+        pts = next(parsed) if isinstance(data, (bytes, bytearray)) else data
+        if gtype == "CLOSED_PLANAR" and len(pts) < 3:
+            roi.warnings.append(f"a closed contour with {len(pts)} point(s) was ignored")
+        roi.contours.append(Contour(points=pts, geometric_type=gtype, image_uids=uids))
     label = str(ds.get("StructureSetLabel", "") or "")
     return StructureSet(
         path=Path(path),
