@@ -116,11 +116,16 @@ class MasterSheet:
         by side, so the cost does not grow with the number of columns.
         """
         n = len(self.subjects)
-        parts = [self.subjects.astype(object).reshape(n, 1),
-                 _dates(self.reference_dates, NOT_APPLICABLE).reshape(n, 1)]
+        cols = self.columns
+        # One object array for the whole sheet, filled a block at a time; handed to pandas
+        # without a copy and without per-column type inference (which would copy it again).
+        out = np.empty((n, len(cols)), dtype=object)
+        out[:, 0] = self.subjects
+        out[:, 1] = _dates(self.reference_dates, NOT_APPLICABLE)
+        j = 2
         for b in self.blocks:
-            k = self.slots[b.key]
-            cube = np.empty((n, k, len(b.fields)), dtype=object)
+            k, nf = self.slots[b.key], len(b.fields)
+            cube = np.empty((n, k, nf), dtype=object)
             for f, (_, column, kind) in enumerate(b.fields):
                 g = self.grids[b.key][column]
                 if kind == "date":
@@ -133,8 +138,10 @@ class MasterSheet:
                     cube[:, :, f] = vals
             absent = self.used[b.key][:, None] <= np.arange(k)[None, :]
             cube[absent] = NULL
-            parts.append(cube.reshape(n, k * len(b.fields)))
-        return pd.DataFrame(np.concatenate(parts, axis=1), columns=self.columns)
+            out[:, j:j + k * nf] = cube.reshape(n, k * nf)
+            j += k * nf
+            del cube
+        return pd.DataFrame(out, columns=cols, dtype=object, copy=False)
 
 
 def _dates(arr: np.ndarray, marker: str) -> np.ndarray:
