@@ -271,6 +271,9 @@ class _Reply(Exception):
 class _Handler(BaseHTTPRequestHandler):
     emu: XnatEmulator
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client waits ~40 ms
+    # (delayed ACK) on every answer.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
@@ -529,6 +532,8 @@ class _Handler(BaseHTTPRequestHandler):
                   and (subject is None or e.subject_id == subject["ID"])]
             if "xsiType" in q:
                 es = [e for e in es if fnmatch.fnmatchcase(e.xsi_type, q["xsiType"])]
+            if "label" in q:  # filter before building rows, as a database would (applied again in _listing)
+                es = [e for e in es if fnmatch.fnmatchcase(e.label, q["label"])]
             with_scans = "/scans/scan/" in q.get("columns", "")
             rows = self._experiment_rows(es, with_scans)
         raise _Reply(200, self._listing(rows, q))
