@@ -91,6 +91,8 @@ def update(
         summary = run_update(cfg, show_progress=progress, build_report=report)
     except RunLocked as exc:
         fail(exc, 3)
+    except ConfigError as exc:
+        fail(exc, 2)
     except RtlakeError as exc:
         fail(exc)
     summary.print(console)

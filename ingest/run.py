@@ -26,7 +26,7 @@ from criteria.review import effective_lists
 from .catalog import Catalog
 from .config import Config
 from . import failpoints
-from .errors import RtlakeError, SourceUnavailable, TransientError
+from .errors import ConfigError, RtlakeError, SourceUnavailable, TransientError
 from .lock import run_lock
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
@@ -225,10 +225,16 @@ class UpdateRun:
              study.primary_modality, self.store.name, self.run_id])
         return SessionPlan(project, subject, label, study, hid)
 
-    def _fetch(self, plan: SessionPlan, scratch: Path) -> tuple[SessionPlan, list[Path], RetrievedStudy | None]:
-        """Runs in a worker thread: retrieve (one retry for a partial transfer) and pseudonymise."""
+    def _fetch(self, plan: SessionPlan, scratch: Path) -> tuple[SessionPlan, SessionPlan, list[Path],
+                                                                RetrievedStudy | None]:
+        """Runs in a worker thread: retrieve (one retry for a partial transfer) and pseudonymise.
+
+        Returns the original plan (the catalog's key) and the plan the store gets, which differs
+        when pseudonymisation renames subject, label and UIDs.
+        """
+        original = plan
         if not self.store.needs_files:
-            return plan, [], None
+            return original, plan, [], None
         dest = scratch / plan.study.study_uid
         got = self.source.retrieve(plan.study, dest)
         if got.partial:
@@ -240,7 +246,7 @@ class UpdateRun:
             from .pseudo.apply import pseudonymise_for_store
 
             plan, files = pseudonymise_for_store(self.cfg, plan, files, scratch / (plan.study.study_uid + "-pseudo"))
-        return plan, files, got
+        return original, plan, files, got
 
     def ingest(self, todo: list[tuple[StudyRecord, str]]) -> None:
         if not todo:
@@ -260,7 +266,7 @@ class UpdateRun:
             # which alone touches the catalog.
             window = workers * 2
             pending: list[tuple[SessionPlan, cf.Future]] = []
-            ready: list[tuple[SessionPlan, list[Path], RetrievedStudy | None]] = []
+            ready: list[tuple[SessionPlan, SessionPlan, list[Path], RetrievedStudy | None]] = []
             it = iter(plans)
             exhausted = False
             while pending or not exhausted:
@@ -276,6 +282,8 @@ class UpdateRun:
                 try:
                     ready.append(fut.result())
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none aborts the run
+                    for path, reason in getattr(exc, "problems", []):  # e.g. PseudoFailed: one row per file
+                        self.fail("pseudo", path, reason, original.study.study_uid)
                     self._failed(original, "retrieve", exc)
                     self.progress.advance(task)
                 if len(ready) >= batch or (exhausted and not pending and ready):
@@ -285,22 +293,23 @@ class UpdateRun:
                 self._store_batch(ready, task)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    def _store_batch(self, items: list[tuple[SessionPlan, list[Path], RetrievedStudy | None]], task) -> None:
+    def _store_batch(self, items: list[tuple[SessionPlan, SessionPlan, list[Path], RetrievedStudy | None]],
+                     task) -> None:
         to_put = []
-        for plan, files, got in items:
+        for plan, store_plan, files, got in items:
             if self.store.needs_files and not files:
                 self._failed(plan, "retrieve", RtlakeError(
                     f"study {plan.study.study_uid}: source {self.source.name} delivered no files"))
                 self.progress.advance(task)
                 continue
-            to_put.append((plan, files, got))
+            to_put.append((plan, store_plan, files, got))
         if not to_put:
             return
         try:
-            results = self.store.put_studies([(p, f) for p, f, _ in to_put])
+            results = self.store.put_studies([(sp, f) for _, sp, f, _ in to_put])
         except Exception as exc:  # noqa: BLE001
             results = [exc] * len(to_put)
-        for (plan, files, got), res in zip(to_put, results):
+        for (plan, _store_plan, files, got), res in zip(to_put, results):
             if isinstance(res, Exception):
                 self._failed(plan, "store", res)
             else:
@@ -375,6 +384,22 @@ def _record(r: dict) -> StudyRecord:
     )
 
 
+def check_preconditions(cfg: Config) -> None:
+    """Refuse, before touching anything, a run that would fail every study the same way.
+
+    Raises:
+        ConfigError: pseudonymisation asked for without its key, or with a store that pulls
+            studies itself (XNAT DQR), which would bypass it.
+    """
+    if cfg.pseudo.enabled:
+        if cfg.store.kind == "xnat-dqr":
+            raise ConfigError("[pseudo] enabled = true cannot be combined with [store] kind = 'xnat-dqr': "
+                              "XNAT pulls those studies itself, so they would reach it unpseudonymised")
+        from .pseudo.keys import load_key
+
+        load_key(cfg.pseudo.key_env)
+
+
 def run_update(cfg: Config, show_progress: bool = True, build_report: bool = True) -> RunSummary:
     """One whole update run under the state-folder lock.
 
@@ -383,6 +408,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
         RtlakeError: the cohort list cannot be read or the store cannot be opened
             (per-study problems never raise; they are recorded).
     """
+    check_preconditions(cfg)
     with run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:

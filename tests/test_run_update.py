@@ -221,3 +221,15 @@ def test_second_concurrent_run_is_refused(fresh_demo):
         assert r.returncode == 3 and "another rtlake run" in r.stderr
         with pytest.raises(RunLocked):
             run_update(cfg, show_progress=False)
+
+
+def test_pseudonymisation_preconditions_refused_before_any_work(fresh_demo, tmp_path):
+    text = fresh_demo.config.read_text() + '\n[pseudo]\nenabled = true\nkey_env = "RTLAKE_TEST_NO_SUCH_KEY"\n'
+    fresh_demo.config.write_text(text)
+    r = rtlake("update", "-c", str(fresh_demo.config), "--no-progress", env={"RTLAKE_TEST_NO_SUCH_KEY": ""})
+    assert r.returncode == 2 and "RTLAKE_TEST_NO_SUCH_KEY" in r.stderr
+    assert not (fresh_demo.root / "lake").exists()  # nothing was touched
+    fresh_demo.config.write_text(text.replace('kind = "lake"', 'kind = "xnat-dqr"'))
+    r = rtlake("update", "-c", str(fresh_demo.config), "--no-progress",
+               env={"RTLAKE_TEST_NO_SUCH_KEY": "k" * 40})
+    assert r.returncode == 2 and "xnat-dqr" in r.stderr
