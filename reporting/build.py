@@ -1,7 +1,7 @@
 """Everything `rtlake update` / `rtlake report` hand over at the end of a run.
 
 `build_reports` is the one entry point: it imports any failure JSON the XNAT DQR store left in
-`<state_dir>/dqr-failures/`, reads the cohort and reference dates, builds the master
+`[store.xnat].dqr_failures_dir` (default `<state_dir>/dqr-failures/`), reads the cohort and reference dates, builds the master
 availability sheet from the catalog (failures as their own block), checks failure rates against
 the baseline, and writes:
 
@@ -110,7 +110,7 @@ def _failures_long(rows: list[dict]) -> pd.DataFrame:
 def gather_from_catalog(cfg: Config, catalog: Catalog, run_id: str) -> ReportData:
     problems: list[InputProblem] = []
     mapping = load_mapping(cfg.inputs.cohort, catalog)
-    dqr_dir = Path(cfg.state_dir) / DQR_FAILURE_DIR
+    dqr_dir = getattr(cfg.store.xnat, "dqr_failures_dir", None) or Path(cfg.state_dir) / DQR_FAILURE_DIR
     dqr_files = sorted(dqr_dir.glob("*.json")) if dqr_dir.is_dir() else []
     for p in dqr_files:
         res = import_failure_file(catalog, p, run_id, origin="dqr",

@@ -66,7 +66,6 @@ _FIELD_KEYS = {
     "modality": "modalities",
     "patientid": "hospital_id",
     "hospitalid": "hospital_id",
-    "id": "hospital_id",
 }
 _IGNORED_KEYS = {"patientname", "name", "sex", "patientsex", "birthdate", "patientbirthdate", "referringphysicianname"}
 _STUDY_MARKERS = {"study_uid", "accession", "study_id"}
@@ -145,7 +144,8 @@ def parse_failure_file(path: Path) -> ParseResult:
 def parse_failure_text(text: str, where: str, result: ParseResult | None = None, csv_hint: bool = False) -> ParseResult:
     result = result or ParseResult()
     text = text.lstrip("\ufeff")
-    if csv_hint or _looks_like_json_csv(text):
+    # A .csv name is only a hint: JSON saved under that name is still read as JSON.
+    if (csv_hint and not text.lstrip()[:1] in ("[", "{")) or _looks_like_json_csv(text):
         _parse_csv(text, where, result)
     else:
         _scan(undouble_quotes(text), where, 0, result)
@@ -311,8 +311,6 @@ def _record(obj: dict, where: str, line: int, result: ParseResult) -> FailureRec
         if f is None:
             if nk not in _IGNORED_KEYS and nk not in ("relabelmap", "criteria", "pacsid"):
                 unknown.append(re.sub(r"\s+", "", str(k))[:40])
-            continue
-        if f == "hospital_id" and nk == "id" and "hospital_id" in fields:
             continue
         fields[f] = v
     if unknown:

@@ -175,3 +175,14 @@ def test_nhs_mapping_strings_and_conflicts():
     assert m.subject_for("H001") == "NN_H001"
     m = read_mapping(DATA / "cohort_leading_zeros.csv")
     assert m.subject_for("0012345") == "NN_0012345" and m.nhs_for("000777") == "4010232137"
+
+
+def test_json_saved_with_csv_name_and_top_level_id_are_not_misread(tmp_path):
+    p = tmp_path / "failures.csv"
+    p.write_text((DATA / "failures_bare.json").read_text(encoding="utf-8"), encoding="utf-8")
+    r = parse_failure_file(p)
+    assert len(r.records) == 5 and r.problems == []
+    q = tmp_path / "queue.json"
+    q.write_text('[{"id": 17, "accessionNumber": "A1", "status": "FAILED", "patient": {"id": "H9"}}]')
+    rec = parse_failure_file(q).records[0]
+    assert rec.hospital_id == "H9"  # the DQR queue id is not a hospital ID
