@@ -44,8 +44,8 @@ def _plan(st, n_instances=None):
     return SessionPlan(project="RTLAKE", subject="9434765919", label=st.accession, study=rec, hospital_id="H1")
 
 
-def test_round_trip(orthanc_target, orthanc_cfg, make_study):
-    st = make_study("H1", "ORTH001", n_series=2, n_instances=2)
+def test_round_trip(orthanc_target, orthanc_cfg, xnat_study):
+    st = xnat_study("H1", "ORTH001", n_series=2, n_instances=2)
     store = open_store(orthanc_cfg())
     try:
         assert not store.has_session(_plan(st))
@@ -73,8 +73,8 @@ def test_round_trip(orthanc_target, orthanc_cfg, make_study):
     assert (row["label"], row["subject"], row["date"], row["n_scans"]) == ("ORTH001", "H1", "2023-05-17", 2)
 
 
-def test_bad_file_stops_the_study_before_any_write(orthanc_target, orthanc_cfg, make_study, tmp_path):
-    st = make_study("H2", "ORTH002")
+def test_bad_file_stops_the_study_before_any_write(orthanc_target, orthanc_cfg, xnat_study, tmp_path):
+    st = xnat_study("H2", "ORTH002")
     junk = tmp_path / "not-dicom.dcm"
     junk.write_text("hello")
     store = open_store(orthanc_cfg())
@@ -86,9 +86,9 @@ def test_bad_file_stops_the_study_before_any_write(orthanc_target, orthanc_cfg, 
         store.close()
 
 
-def test_wrong_credentials_are_permanent(orthanc_cfg, make_study, monkeypatch):
+def test_wrong_credentials_are_permanent(orthanc_cfg, xnat_study, monkeypatch):
     monkeypatch.setenv("RTLAKE_STORE_PASSWORD", "nope")
-    st = make_study("H3", "ORTH003")
+    st = xnat_study("H3", "ORTH003")
     store = open_store(orthanc_cfg())
     try:
         with pytest.raises(StoreError, match="401") as ei:
@@ -98,8 +98,8 @@ def test_wrong_credentials_are_permanent(orthanc_cfg, make_study, monkeypatch):
     assert not isinstance(ei.value, TransientError) and st.study_uid in str(ei.value)
 
 
-def test_unreachable_orthanc_is_transient(orthanc_cfg, make_study):
-    st = make_study("H4", "ORTH004")
+def test_unreachable_orthanc_is_transient(orthanc_cfg, xnat_study):
+    st = xnat_study("H4", "ORTH004")
     store = open_store(orthanc_cfg(**{"store.orthanc.url": f"http://127.0.0.1:{free_port()}"}))
     try:
         with pytest.raises(StoreUnavailable) as ei:

@@ -75,10 +75,10 @@ def test_catalog_export_writes_the_eight_sop_files(tmp_path):
     assert result.skipped == {"RTPLAN": 1}
 
 
-def test_xnat_export_reads_the_experiment_search(xnat_server, xnat_cfg, make_study, tmp_path):
+def test_xnat_export_reads_the_experiment_search(xnat_server, xnat_cfg, xnat_study, tmp_path):
     store = open_store(xnat_cfg())
-    studies = [make_study("H1", "ACC10", modality="CT", n_series=2), make_study("H1", "ACC11", modality="MR"),
-               make_study("H2", "ACC12", modality="CT", study_date=dt.date(2019, 1, 2))]
+    studies = [xnat_study("H1", "ACC10", modality="CT", n_series=2), xnat_study("H1", "ACC11", modality="MR"),
+               xnat_study("H2", "ACC12", modality="CT", study_date=dt.date(2019, 1, 2))]
     subjects = ["9434765919", "9434765919", "NN_H2"]
     try:
         for st, subj in zip(studies, subjects):
@@ -121,12 +121,12 @@ def test_cli_export_sessions(tmp_path):
     assert proc.returncode == 1 and "no catalog" in proc.stderr
 
 
-def test_cli_export_sessions_from_xnat(xnat_server, xnat_env, make_study, tmp_path):
+def test_cli_export_sessions_from_xnat(xnat_server, xnat_env, xnat_study, tmp_path):
     from ingest.config import load_config
 
     cfg_path = tmp_path / "rtlake.toml"
     cfg_path.write_text(f'[project]\nname = "RTLAKE"\nstate_dir = "state"\n\n[store.xnat]\nurl = "{xnat_server.url}"\n')
-    st = make_study("H5", "ACC50", modality="CT")
+    st = xnat_study("H5", "ACC50", modality="CT")
     store = open_store(load_config(cfg_path, {"store.kind": "xnat"}))
     try:
         rec = StudyRecord(study_uid=st.study_uid, patient_id="H5", accession="ACC50", study_date=st.study_date,

@@ -16,9 +16,9 @@ def plan_for(st, subject: str, label: str | None = None, project: str = "RTLAKE"
                        hospital_id=hospital_id)
 
 
-def test_upload_creates_project_subject_and_session_then_skips(xnat_server, xnat_cfg, make_study):
+def test_upload_creates_project_subject_and_session_then_skips(xnat_server, xnat_cfg, xnat_study):
     store = open_store(xnat_cfg())
-    st = make_study("H0001", "ACC100", n_series=2, n_instances=3)
+    st = xnat_study("H0001", "ACC100", n_series=2, n_instances=3)
     plan = plan_for(st, "9434765919")
     try:
         assert not store.has_session(plan)
@@ -48,10 +48,10 @@ def test_upload_creates_project_subject_and_session_then_skips(xnat_server, xnat
     assert xnat_server.count("POST", r"^/data/services/import$") == 1
 
 
-def test_nn_subject_and_several_sessions_per_subject(xnat_server, xnat_cfg, make_study):
+def test_nn_subject_and_several_sessions_per_subject(xnat_server, xnat_cfg, xnat_study):
     store = open_store(xnat_cfg())
-    a = make_study("H0002", "ACC201", modality="MR")
-    b = make_study("H0002", "ACC202")
+    a = xnat_study("H0002", "ACC201", modality="MR")
+    b = xnat_study("H0002", "ACC202")
     try:
         store.put_study(plan_for(a, "NN_H0002", hospital_id="H0002"), a.files)
         store.put_study(plan_for(b, "NN_H0002", hospital_id="H0002"), b.files)
@@ -64,9 +64,9 @@ def test_nn_subject_and_several_sessions_per_subject(xnat_server, xnat_cfg, make
     assert len([s for s in xnat_server.subjects.values() if s["label"] == "NN_H0002"]) == 1
 
 
-def test_expired_server_session_logs_in_again(xnat_server, xnat_cfg, make_study):
+def test_expired_server_session_logs_in_again(xnat_server, xnat_cfg, xnat_study):
     store = open_store(xnat_cfg())
-    a, b = make_study("H0003", "ACC301"), make_study("H0003", "ACC302")
+    a, b = xnat_study("H0003", "ACC301"), xnat_study("H0003", "ACC302")
     try:
         store.put_study(plan_for(a, "9434765870"), a.files)
         xnat_server.expire_sessions()
@@ -77,11 +77,11 @@ def test_expired_server_session_logs_in_again(xnat_server, xnat_cfg, make_study)
     assert xnat_server.find_experiment("RTLAKE", "ACC302") is not None
 
 
-def test_server_errors_are_retried(xnat_server, xnat_cfg, make_study):
+def test_server_errors_are_retried(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     fault = xnat_server.add_fault("POST", r"^/data/services/import$", status=503, body="busy", times=2)
     store = open_store(xnat_cfg())
-    st = make_study("H0004", "ACC401")
+    st = xnat_study("H0004", "ACC401")
     try:
         store.put_study(plan_for(st, "9434765919"), st.files)
     finally:
@@ -91,12 +91,12 @@ def test_server_errors_are_retried(xnat_server, xnat_cfg, make_study):
     assert xnat_server.find_experiment("RTLAKE", "ACC401") is not None
 
 
-def test_import_timeout_is_not_uploaded_twice(xnat_server, xnat_cfg, make_study):
+def test_import_timeout_is_not_uploaded_twice(xnat_server, xnat_cfg, xnat_study):
     """XNAT archives the session but answers after our read timeout: the retry finds it archived."""
     xnat_server.add_project("RTLAKE")
     xnat_server.add_fault("POST", r"^/data/services/import$", status=None, delay=3.0, after=True)
     store = open_store(xnat_cfg(**{"store.xnat.import_timeout": 1.0}))
-    st = make_study("H0005", "ACC501")
+    st = xnat_study("H0005", "ACC501")
     try:
         stored = store.put_study(plan_for(st, "9434765919"), st.files)
     finally:
@@ -105,11 +105,11 @@ def test_import_timeout_is_not_uploaded_twice(xnat_server, xnat_cfg, make_study)
     assert stored.location.endswith(xnat_server.find_experiment("RTLAKE", "ACC501").id)
 
 
-def test_persistent_server_error_is_transient_and_names_server_and_study(xnat_server, xnat_cfg, make_study):
+def test_persistent_server_error_is_transient_and_names_server_and_study(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     xnat_server.add_fault("POST", r"^/data/services/import$", status=500, body="boom", times=10)
     store = open_store(xnat_cfg())
-    st = make_study("H0006", "ACC601")
+    st = xnat_study("H0006", "ACC601")
     try:
         with pytest.raises(StoreUnavailable) as ei:
             store.put_study(plan_for(st, "9434765919"), st.files)
@@ -122,11 +122,11 @@ def test_persistent_server_error_is_transient_and_names_server_and_study(xnat_se
     assert xnat_server.count("POST", r"^/data/services/import$") == 3  # 1 + 2 retries
 
 
-def test_forbidden_project_is_a_clear_permanent_error(xnat_server, xnat_cfg, make_study):
+def test_forbidden_project_is_a_clear_permanent_error(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     xnat_server.forbidden_projects.add("RTLAKE")
     store = open_store(xnat_cfg())
-    st = make_study("H0007", "ACC701")
+    st = xnat_study("H0007", "ACC701")
     try:
         with pytest.raises(StoreError) as ei:
             store.put_study(plan_for(st, "9434765919"), st.files)
@@ -137,9 +137,9 @@ def test_forbidden_project_is_a_clear_permanent_error(xnat_server, xnat_cfg, mak
     assert "9434765919" not in str(ei.value)
 
 
-def test_missing_project_without_create_rights(xnat_server, xnat_cfg, make_study):
+def test_missing_project_without_create_rights(xnat_server, xnat_cfg, xnat_study):
     store = open_store(xnat_cfg(**{"store.xnat.create_project": False}))
-    st = make_study("H0008", "ACC801")
+    st = xnat_study("H0008", "ACC801")
     try:
         with pytest.raises(StoreError, match="project RTLAKE does not exist"):
             store.put_study(plan_for(st, "9434765919"), st.files)
@@ -155,19 +155,19 @@ def test_missing_project_without_create_rights(xnat_server, xnat_cfg, make_study
         store.close()
 
 
-def test_wrong_credentials(xnat_server, xnat_cfg, make_study, monkeypatch):
+def test_wrong_credentials(xnat_server, xnat_cfg, xnat_study, monkeypatch):
     monkeypatch.setenv("RTLAKE_XNAT_PASSWORD", "wrong")
     store = open_store(xnat_cfg())
-    st = make_study("H0009", "ACC901")
+    st = xnat_study("H0009", "ACC901")
     with pytest.raises(StoreError, match="login refused") as ei:
         store.put_study(plan_for(st, "9434765919"), st.files)
     assert not isinstance(ei.value, TransientError)
     assert "wrong" not in str(ei.value)
 
 
-def test_label_taken_by_another_study_follows_overwrite_policy(xnat_server, xnat_cfg, make_study):
-    a = make_study("H0010", "ACC1001")
-    b = make_study("H0010", "ACC1001")  # same accession, another study
+def test_label_taken_by_another_study_follows_overwrite_policy(xnat_server, xnat_cfg, xnat_study):
+    a = xnat_study("H0010", "ACC1001")
+    b = xnat_study("H0010", "ACC1001")  # same accession, another study
     store = open_store(xnat_cfg())
     try:
         store.put_study(plan_for(a, "9434765919"), a.files)
@@ -186,8 +186,8 @@ def test_label_taken_by_another_study_follows_overwrite_policy(xnat_server, xnat
     assert xnat_server.find_experiment("RTLAKE", "ACC1001").uid == b.study_uid
 
 
-def test_a_file_of_another_study_is_refused_before_upload(xnat_server, xnat_cfg, make_study):
-    a, b = make_study("H0011", "ACC1101"), make_study("H0011", "ACC1102")
+def test_a_file_of_another_study_is_refused_before_upload(xnat_server, xnat_cfg, xnat_study):
+    a, b = xnat_study("H0011", "ACC1101"), xnat_study("H0011", "ACC1102")
     store = open_store(xnat_cfg())
     try:
         with pytest.raises(StoreError, match=str(b.files[0].name)):
@@ -197,10 +197,10 @@ def test_a_file_of_another_study_is_refused_before_upload(xnat_server, xnat_cfg,
     assert xnat_server.count("POST", r"^/data/services/import$") == 0
 
 
-def test_put_studies_returns_one_result_per_item(xnat_server, xnat_cfg, make_study):
+def test_put_studies_returns_one_result_per_item(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     xnat_server.add_fault("POST", r"^/data/services/import$", status=403, body="nope", times=1)
-    a, b = make_study("H0012", "ACC1201"), make_study("H0012", "ACC1202")
+    a, b = xnat_study("H0012", "ACC1201"), xnat_study("H0012", "ACC1202")
     store = open_store(xnat_cfg())
     try:
         results = store.put_studies([(plan_for(a, "9434765919"), a.files), (plan_for(b, "9434765919"), b.files)])
@@ -210,9 +210,9 @@ def test_put_studies_returns_one_result_per_item(xnat_server, xnat_cfg, make_stu
     assert results[1].location.endswith(xnat_server.find_experiment("RTLAKE", "ACC1202").id)
 
 
-def test_session_listing_by_type(xnat_server, xnat_cfg, make_study):
-    a = make_study("H0013", "ACC1301", modality="MR", n_series=3)
-    b = make_study("H0013", "ACC1302")
+def test_session_listing_by_type(xnat_server, xnat_cfg, xnat_study):
+    a = xnat_study("H0013", "ACC1301", modality="MR", n_series=3)
+    b = xnat_study("H0013", "ACC1302")
     store = open_store(xnat_cfg())
     try:
         store.put_study(plan_for(a, "NN_H0013"), a.files)
@@ -227,12 +227,12 @@ def test_session_listing_by_type(xnat_server, xnat_cfg, make_study):
     assert all(r["creator"] == "rtlake" and r["date"] == "2023-05-17" for r in allrows)
 
 
-def test_html_page_instead_of_data_is_retried(xnat_server, xnat_cfg, make_study):
+def test_html_page_instead_of_data_is_retried(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     fault = xnat_server.add_fault("GET", r"^/data/projects/RTLAKE/experiments$", status=200,
                                   body="<html><body>proxy says hello</body></html>", content_type="text/html")
     store = open_store(xnat_cfg())
-    st = make_study("H0014", "ACC1401")
+    st = xnat_study("H0014", "ACC1401")
     try:
         assert not store.has_session(plan_for(st, "9434765919"))
     finally:
@@ -240,11 +240,11 @@ def test_html_page_instead_of_data_is_retried(xnat_server, xnat_cfg, make_study)
     assert fault.hits == 1
 
 
-def test_no_credentials_is_a_clear_error(xnat_server, xnat_cfg, make_study, monkeypatch, tmp_path):
+def test_no_credentials_is_a_clear_error(xnat_server, xnat_cfg, xnat_study, monkeypatch, tmp_path):
     monkeypatch.delenv("RTLAKE_XNAT_USER")
     monkeypatch.delenv("RTLAKE_XNAT_PASSWORD")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    st = make_study("H0015", "ACC1501")
+    st = xnat_study("H0015", "ACC1501")
     store = open_store(xnat_cfg())
     try:
         with pytest.raises(StoreError) as ei:
@@ -255,14 +255,14 @@ def test_no_credentials_is_a_clear_error(xnat_server, xnat_cfg, make_study, monk
     assert xnat_server.count("PUT", r"^/data/services/auth$") == 0
 
 
-def test_credentials_from_netrc(xnat_server, xnat_cfg, make_study, monkeypatch, tmp_path):
+def test_credentials_from_netrc(xnat_server, xnat_cfg, xnat_study, monkeypatch, tmp_path):
     monkeypatch.delenv("RTLAKE_XNAT_USER")
     monkeypatch.delenv("RTLAKE_XNAT_PASSWORD")
     netrc = tmp_path / ".netrc"
     netrc.write_text("machine 127.0.0.1 login rtlake password secret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("HOME", str(tmp_path))
-    st = make_study("H0016", "ACC1601")
+    st = xnat_study("H0016", "ACC1601")
     store = open_store(xnat_cfg())
     try:
         store.put_study(plan_for(st, "9434765919"), st.files)
@@ -271,13 +271,13 @@ def test_credentials_from_netrc(xnat_server, xnat_cfg, make_study, monkeypatch, 
     assert xnat_server.find_experiment("RTLAKE", "ACC1601") is not None
 
 
-def test_no_patient_identifiers_in_logs(xnat_server, xnat_cfg, make_study, caplog):
+def test_no_patient_identifiers_in_logs(xnat_server, xnat_cfg, xnat_study, caplog):
     # INFO is what `rtlake -v` shows; at DEBUG (-vv) urllib3 itself logs request URLs.
     caplog.set_level("INFO")
     xnat_server.add_fault("POST", r"^/data/services/import$", status=500,
                           body="failed for subject 9434765919 patient H0017", times=10)
     store = open_store(xnat_cfg())
-    st = make_study("H0017", "ACC1701")
+    st = xnat_study("H0017", "ACC1701")
     try:
         results = store.put_studies([(plan_for(st, "9434765919", hospital_id="H0017"), st.files)])
     finally:
@@ -287,11 +287,11 @@ def test_no_patient_identifiers_in_logs(xnat_server, xnat_cfg, make_study, caplo
     assert caplog.records and "9434765919" not in caplog.text and "H0017" not in caplog.text
 
 
-def test_session_left_in_prearchive_is_reported(xnat_server, xnat_cfg, make_study):
+def test_session_left_in_prearchive_is_reported(xnat_server, xnat_cfg, xnat_study):
     xnat_server.add_project("RTLAKE")
     xnat_server.prearchive_projects.add("RTLAKE")
     store = open_store(xnat_cfg())
-    st = make_study("H0018", "ACC1801")
+    st = xnat_study("H0018", "ACC1801")
     try:
         with pytest.raises(StoreError, match="prearchive") as ei:
             store.put_study(plan_for(st, "9434765919"), st.files)
