@@ -106,6 +106,12 @@ class XnatStoreConfig(_Section):
     dqr_wait_seconds: float = Field(
         600.0, ge=0, description="DQR mode: how long to poll XNAT's import history for each batch's outcome."
     )
+    dqr_retries: int = Field(
+        8, ge=0, description="DQR mode: retries of a call answered 'There was a problem', non-JSON or 5xx."
+    )
+    dqr_backoff_seconds: float = Field(
+        15.0, ge=0, description="DQR mode: first wait before such a retry; doubles each time, at most 5 minutes."
+    )
     dqr_failures_dir: Path | None = Field(
         None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
     )
