@@ -168,7 +168,10 @@ def rates_cmd(
     cfg = load(config)
     with _catalog(cfg, write=False) as cat:
         rates = [r for r in failure_rates(cat, cfg.report.baseline_failure_rate) if run is None or r.run_id == run]
-    t = Table("Run", "Modality", "Attempted", "Failed", "Rate", "Baseline", "Out of line")
+    t = Table()
+    t.add_column("Run", no_wrap=True)
+    for name in ("Modality", "Attempted", "Failed", "Rate", "Baseline", "Out of line"):
+        t.add_column(name, justify="left" if name == "Modality" else "right")
     for r in rates:
         t.add_row(r.run_id, r.modality, str(r.attempted), str(r.failed), f"{r.rate:.1%}",
                   "" if r.baseline is None else f"{r.baseline:.1%}", "[bold red]YES[/bold red]" if r.out_of_line else "")
