@@ -60,3 +60,25 @@ class NodelayAE(AE):
 
             server.get_request = get_request  # socketserver looks it up on the instance
         return server
+
+
+def park_reactor(assoc, timeout: float = 2.0) -> None:
+    """Make sure the association's reactor thread is really parked before the next request.
+
+    Why: pynetdicom 3.0 re-starts its reactor after each C-FIND and the next `send_c_find`
+    only checks a stale `_is_paused` flag; on a fast link the reactor can then swallow the next
+    response ("Received unexpected C-FIND service message") and a study goes missing from the
+    answer. Waiting until the reactor blocks on its checkpoint closes that window. Best effort:
+    if pynetdicom's internals change, it falls back to a short sleep.
+    """
+    import time
+
+    ev = getattr(assoc, "_reactor_checkpoint", None)
+    cond = getattr(ev, "_cond", None)
+    if ev is None or cond is None or not hasattr(cond, "_waiters"):
+        time.sleep(0.003)
+        return
+    ev.clear()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and assoc.is_established and not cond._waiters:
+        time.sleep(0.0001)

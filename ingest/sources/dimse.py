@@ -28,7 +28,7 @@ from ..errors import SourceError, SourceUnavailable
 from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
 from ._files import ReceivedStudy
-from ._net import NodelayAE
+from ._net import NodelayAE, park_reactor
 from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
 from .base import Source
 
@@ -178,6 +178,7 @@ class DimseSource(Source):
             answers: list[Dataset] = []
             final = None
             try:
+                park_reactor(assoc)
                 for status, ident in assoc.send_c_find(ds, FIND):
                     if not status or "Status" not in status:
                         break
