@@ -81,14 +81,14 @@ def import_failure_file(
     now = _now()
     with catalog.transaction() as con:
         for rec in parsed.records:
-            new = _upsert(con, rec, run_id, origin, rec.study_date in placeholders, mapping, now)
+            key, new = _upsert(con, rec, run_id, origin, rec.study_date in placeholders, mapping, now)
             if new:
                 result.n_new += 1
             else:
                 result.n_seen_again += 1
             con.execute(
                 "INSERT INTO failure_sightings VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [rec.key, result.import_id, run_id, str(path), rec.source_line],
+                [key, result.import_id, run_id, str(path), rec.source_line],
             )
         con.execute(
             "INSERT INTO failure_imports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -99,21 +99,37 @@ def import_failure_file(
     return result
 
 
+def _existing_key(con, rec: FailureRecord) -> str | None:
+    """The history row for this study: same UID, or same accession where one side has no UID.
+
+    A list may name a study by accession before XNAT knows its UID; when a later list adds the
+    UID it is the same failed study, not a new one.
+    """
+    row = con.execute("SELECT record_key FROM failure_history WHERE record_key = ?", [rec.key]).fetchone()
+    if row is None and rec.study_uid:
+        row = con.execute("SELECT record_key FROM failure_history WHERE study_uid = ? LIMIT 1", [rec.study_uid]).fetchone()
+    if row is None and rec.accession:
+        row = con.execute(
+            "SELECT record_key FROM failure_history WHERE accession = ? AND (study_uid IS NULL OR ? = '')"
+            " ORDER BY record_key LIMIT 1", [rec.accession, rec.study_uid]).fetchone()
+    return row[0] if row else None
+
+
 def _upsert(con, rec: FailureRecord, run_id: str, origin: str, placeholder: bool,
-            mapping: NhsMapping | None, now: dt.datetime) -> bool:
+            mapping: NhsMapping | None, now: dt.datetime) -> tuple[str, bool]:
     subject = mapping.subject_for(rec.hospital_id) if (mapping is not None and rec.hospital_id) else (
         f"NN_{rec.hospital_id}" if rec.hospital_id else None)
-    row = con.execute("SELECT 1 FROM failure_history WHERE record_key = ?", [rec.key]).fetchone()
+    key = _existing_key(con, rec)
     values = [rec.study_uid or None, rec.accession or None, rec.study_id or None, rec.hospital_id or None, subject,
               rec.study_date, rec.description or None, "\\".join(rec.modalities) or None]
-    if row is None:
+    if key is None:
         con.execute(
             "INSERT INTO failure_history (record_key, study_uid, accession, study_id, hospital_id, subject, study_date,"
             " description, modalities, status, placeholder, origin, source_file, source_line, first_seen_run,"
             " last_seen_run, first_seen_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [rec.key, *values, rec.status, placeholder, origin, rec.source_file, rec.source_line, run_id, run_id, now, now],
         )
-        return True
+        return rec.key, True
     # Seen before: newer lists may know more (a StudyID assigned later); fill gaps, keep what we had.
     con.execute(
         """UPDATE failure_history SET
@@ -123,9 +139,9 @@ def _upsert(con, rec: FailureRecord, run_id: str, origin: str, placeholder: bool
              status = ?,
              last_seen_run = ?, last_seen_at = ?
            WHERE record_key = ?""",
-        [*values, rec.status, run_id, now, rec.key],
+        [*values, rec.status, run_id, now, key],
     )
-    return False
+    return key, False
 
 
 def _record_problems(catalog: Catalog, run_id: str, problems: Iterable[InputProblem]) -> None:

@@ -186,3 +186,16 @@ def test_json_saved_with_csv_name_and_top_level_id_are_not_misread(tmp_path):
     q.write_text('[{"id": 17, "accessionNumber": "A1", "status": "FAILED", "patient": {"id": "H9"}}]')
     rec = parse_failure_file(q).records[0]
     assert rec.hospital_id == "H9"  # the DQR queue id is not a hospital ID
+
+
+def test_accession_only_failure_gains_its_uid_later(catalog, tmp_path):
+    a = tmp_path / "first.json"
+    a.write_text('[{"accessionNumber": "A77", "studyId": "", "studyInstanceUid": "", "studyDate": "20240101"}]')
+    b = tmp_path / "second.json"
+    b.write_text('[{"accessionNumber": "A77", "studyId": "9", "studyInstanceUid": "1.2.77", "studyDate": "20240101"}]')
+    import_failure_file(catalog, a, "run-1")
+    res = import_failure_file(catalog, b, "run-2")
+    assert (res.n_new, res.n_seen_again) == (0, 1)
+    rows = history_rows(catalog)
+    assert len(rows) == 1
+    assert (rows[0]["study_uid"], rows[0]["status"], rows[0]["last_seen_run"]) == ("1.2.77", STATUS_BOTH, "run-2")
