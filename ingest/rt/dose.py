@@ -112,7 +112,64 @@ def read_dose(path: Path, expected_for: str | None = None) -> Dose:
 
 
 def resample_to(dose: Dose, target: Grid) -> np.ndarray:
-    """Dose in Gy at the voxel centres of `target` (trilinear; 0 outside the dose grid's centre hull)."""
+    """Dose in Gy at the voxel centres of `target` (trilinear; 0 outside the dose grid's centre hull).
+
+    When both grids share their axes (the usual case: the TPS computes dose in the CT's
+    orientation) trilinear interpolation is separable, so it is done as three 1-D linear
+    passes, several times faster than a general resampler on a 512² CT; any other pair of
+    orientations goes through SimpleITK.
+    """
+    if np.allclose(dose.grid.direction, target.direction, atol=1e-6):
+        return _resample_separable(dose, target)
+    return _resample_sitk(dose, target)
+
+
+def _axis_weights(src: Grid, target: Grid, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each target index on one axis: lower source index, upper weight, and inside flag."""
+    n_src = src.shape[2 - axis]
+    n_tgt = target.shape[2 - axis]
+    b = src.to_index(target.origin[np.newaxis])[0][axis]
+    step = target.spacing[axis] / src.spacing[axis]
+    c = b + step * np.arange(n_tgt)
+    eps = 1e-6
+    inside = (c >= -eps) & (c <= n_src - 1 + eps)
+    c = np.clip(c, 0, n_src - 1)
+    lo = np.minimum(np.floor(c).astype(np.int64), max(n_src - 2, 0))
+    w = (c - lo).astype(np.float32)
+    if n_src == 1:
+        lo[:] = 0
+        w[:] = 0
+    return lo, w, inside
+
+
+def _resample_separable(dose: Dose, target: Grid) -> np.ndarray:
+    """Slice by slice: blend two dose planes, then interpolate rows, then columns (cache-sized work)."""
+    src = dose.grid
+    arr = dose.gy.astype(np.float32, copy=False)
+    klo, kw, kin = _axis_weights(src, target, 2)
+    ilo, iw, iin = _axis_weights(src, target, 1)
+    jlo, jw, jin = _axis_weights(src, target, 0)
+    khi = np.minimum(klo + 1, arr.shape[0] - 1)
+    ihi = np.minimum(ilo + 1, arr.shape[1] - 1)
+    jhi = np.minimum(jlo + 1, arr.shape[2] - 1)
+    row_w = iw[:, np.newaxis]
+    col_w = jw[np.newaxis, :]
+    mask = (iin[:, np.newaxis] & jin[np.newaxis, :]).astype(np.float32)
+    out = np.zeros(target.shape, dtype=np.float32)
+    for k in np.flatnonzero(kin):
+        plane = arr[klo[k]] + (arr[khi[k]] - arr[klo[k]]) * kw[k]  # (ni_d, nj_d)
+        a = plane[ilo]
+        rows = a + (plane[ihi] - a) * row_w  # (ni_t, nj_d)
+        b = rows[:, jlo]
+        res = out[k]
+        np.subtract(rows[:, jhi], b, out=res)
+        res *= col_w
+        res += b
+        res *= mask
+    return out
+
+
+def _resample_sitk(dose: Dose, target: Grid) -> np.ndarray:
     import SimpleITK as sitk
 
     src = dose.grid.to_sitk(dose.gy)

@@ -212,7 +212,7 @@ def main() -> int:
     else:
         print("plastimatch: not installed (pip install plastimatch) — ratio skipped")
 
-    t_dvh, dvhs = _best(lambda: rtlake_dvhs(ct_files, rs, rd), repeat=1)
+    t_dvh, dvhs = _best(lambda: rtlake_dvhs(ct_files, rs, rd))
     print(f"rtlake DVH, all {len(dvhs)} ROIs (parse + dose read/resample + rasterise + metrics): {t_dvh:.2f} s")
 
     py, why = other_venv(args.other_tools)
