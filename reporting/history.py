@@ -21,7 +21,7 @@ from ingest.catalog import Catalog
 from ingest.patients import InputProblem
 
 from .dates import parse_date
-from .failures import FailureRecord, parse_failure_file
+from .failures import STATUS_BOTH, STATUS_NO_STUDY_ID, STATUS_NO_UID, FailureRecord, parse_failure_file
 from .nhs import NhsMapping
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,16 @@ def _upsert(con, rec: FailureRecord, run_id: str, origin: str, placeholder: bool
              study_uid = coalesce(study_uid, ?), accession = coalesce(accession, ?), study_id = coalesce(study_id, ?),
              hospital_id = coalesce(hospital_id, ?), subject = coalesce(?, subject), study_date = coalesce(study_date, ?),
              description = coalesce(description, ?), modalities = coalesce(modalities, ?),
-             status = ?,
              last_seen_run = ?, last_seen_at = ?
            WHERE record_key = ?""",
-        [*values, rec.status, run_id, now, key],
+        [*values, run_id, now, key],
+    )
+    # Status from what is now known about the study (the same rule as FailureRecord.status).
+    con.execute(
+        """UPDATE failure_history SET status = CASE
+               WHEN coalesce(study_id, '') = '' THEN ? WHEN coalesce(study_uid, '') = '' THEN ? ELSE ? END
+           WHERE record_key = ?""",
+        [STATUS_NO_STUDY_ID, STATUS_NO_UID, STATUS_BOTH, key],
     )
     return key, False
 
