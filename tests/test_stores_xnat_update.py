@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _configure(demo, url: str, extra: str = "") -> Path:
     cfg = Path(demo.config)
-    cfg.write_text(cfg.read_text() + f'\n[store.xnat]\nurl = "{url}"\ndqr_wait_seconds = 5.0\n{extra}'
+    cfg.write_text(cfg.read_text() + f'\n[store.xnat]\nurl = "{url}"\ndqr_wait_seconds = 5.0\ndqr_retries = 2\ndqr_backoff_seconds = 0.01\n{extra}'
                    '\n[source.transfer]\nretries = 2\nbackoff_seconds = 0.01\n')
     return cfg
 

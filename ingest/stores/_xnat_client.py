@@ -36,6 +36,7 @@ class XnatSettings:
     retries: int = 4
     backoff: float = 1.0
     identifiers_in_logs: bool = False
+    max_backoff: float | None = None  # cap on one wait; None = 16 × backoff
 
     @classmethod
     def from_config(cls, cfg: Config) -> "XnatSettings":
@@ -176,7 +177,7 @@ class XnatClient:
             retry=retry_if_exception_type(StoreUnavailable),
             stop=stop_after_attempt(self.s.retries + 1),
             wait=wait_exponential_jitter(multiplier=self.s.backoff, jitter=self.s.backoff,
-                                         max=max(self.s.backoff * 16, 1.0)),
+                                         max=self.s.max_backoff or max(self.s.backoff * 16, 1.0)),
             reraise=True,
         )
         return retrying(once)

@@ -28,6 +28,7 @@ the reporting importer. That file holds patient identifiers, so it is written ow
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -84,7 +85,11 @@ class XnatDqrStore(Store):
     @classmethod
     def from_config(cls, cfg: Config) -> "XnatDqrStore":
         x = cfg.store.xnat
-        return cls(XnatClient(XnatSettings.from_config(cfg)), cfg.project.name, pacs_id=x.pacs_id,
+        # The plugin says "There was a problem" for minutes at a time: longer, slower retries than
+        # ordinary REST calls (operators' scripts waited 120 s between tries).
+        settings = dataclasses.replace(XnatSettings.from_config(cfg), retries=x.dqr_retries,
+                                       backoff=x.dqr_backoff_seconds, max_backoff=300.0)
+        return cls(XnatClient(settings), cfg.project.name, pacs_id=x.pacs_id,
                    query_batch=x.query_batch, import_batch=x.import_batch, wait_seconds=x.dqr_wait_seconds,
                    failures_dir=x.dqr_failures_dir or (cfg.state_dir / "dqr-failures"), overwrite=x.overwrite,
                    create_project=x.create_project)
