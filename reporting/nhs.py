@@ -51,12 +51,13 @@ def read_mapping(path: Path) -> NhsMapping:
     """
     cohort = read_cohort(path)
     mapping = NhsMapping(patients=dict(cohort.patients), problems=list(cohort.problems))
-    mapping.problems.extend(_shared_numbers(path))
+    mapping.problems.extend(_row_checks(path))
     return mapping
 
 
-def _shared_numbers(path: Path) -> list[InputProblem]:
-    """One NHS number given to two different hospital IDs (a merge or a typo; both kept, reported)."""
+def _row_checks(path: Path) -> list[InputProblem]:
+    """What read_cohort lets pass quietly: short rows, and one NHS number on two hospital IDs
+    (a merge or a typo; both kept, reported)."""
     header, rows = read_csv_rows(path)
     hid_col = _find_column(header, "HospitalID", "Hospital ID", "PatientID", "MRN")
     nhs_col = _find_column(header, "NHSNumber", "NHS Number", "NHS", "NHSNo")
@@ -65,6 +66,9 @@ def _shared_numbers(path: Path) -> list[InputProblem]:
     first: dict[str, tuple[str, int]] = {}
     out: list[InputProblem] = []
     for line, cells in rows:
+        if len(cells) < len(header):
+            out.append(InputProblem(str(path), line,
+                                    f"row has {len(cells)} of {len(header)} columns; missing values taken as blank"))
         if max(hid_col, nhs_col) >= len(cells):
             continue
         hid = normalise_hospital_id(cells[hid_col])

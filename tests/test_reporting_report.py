@@ -119,7 +119,7 @@ def test_cli_import_sheet_and_investigation(tmp_path):
 @pytest.mark.parametrize("name, subjects, lines", [
     ("cohort_bom.csv", {"H001": "9434765919"}, []),
     ("cohort_cp1252.csv", {"H001": "9434765919"}, []),
-    ("cohort_missing_columns.csv", {"H001": "NN_H001", "H002": "4010232137"}, []),
+    ("cohort_missing_columns.csv", {"H001": "NN_H001", "H002": "4010232137"}, [2]),
 ])
 def test_cohort_corpus(name, subjects, lines):
     m = read_mapping(DATA / name)
