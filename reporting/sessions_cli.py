@@ -32,7 +32,7 @@ def sessions(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Folder for MR.csv … XA.csv (default: session-csvs/<today>, a dated folder)."),
     source: From = typer.Option(From.catalog, "--from", help="Read sessions from rtlake's catalog or from XNAT "
-                                "([store.xnat] url and credentials; project = [project].name)."),
+                                "(server and credentials from store.xnat; project from project.name)."),
 ) -> None:
     """Write MR.csv, CT.csv, PET.csv, CR.csv, DX.csv, RF.csv, SR.csv and XA.csv (SOP columns)."""
     from ingest.cli import load
