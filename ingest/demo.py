@@ -38,6 +38,7 @@ from .synth.dicom import (
     StudyInfo,
     UidFactory,
     pacs_path,
+    patient_folder,
     write_image_series,
 )
 from .synth.rtset import write_rt_set
@@ -383,7 +384,7 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
             rt_date = gen.date(dt.date(2016, 1, 1), dt.date(2024, 11, 30))
             p.rt_start = rt_date + dt.timedelta(days=rng.randint(8, 14))
             study = StudyInfo(gen.uid(), rt_date, gen.time(), D.RT_COURSE_DESCRIPTION, accession="", study_id="RT1")
-            rt = write_rt_set(gen.pacs / p.hospital_id, info, gen.uid, study=study, seed=rng.randrange(2**31))
+            rt = write_rt_set(gen.pacs / patient_folder(p.hospital_id), info, gen.uid, study=study, seed=rng.randrange(2**31))
             p.studies.append(SyntheticStudy(study.study_uid, "", rt_date, D.RT_COURSE_DESCRIPTION,
                                             D.RT_COURSE_DESCRIPTION, "rt", rt.modalities, "RT1", 4, len(rt.paths)))
         for v in range(verification_patients.count(i)):
@@ -423,7 +424,7 @@ def _write_broken(gen: _Gen, patients: list[SyntheticPatient]) -> list[Path]:
         for s in p.studies:
             if s.category in ("rt", "verification") or s.modalities[0] not in ("CT", "MR", "PT"):
                 continue
-            for f in sorted((gen.pacs / p.hospital_id / s.study_uid).glob("*/*.dcm")):
+            for f in sorted((gen.pacs / patient_folder(p.hospital_id) / s.study_uid).glob("*/*.dcm")):
                 if pixel_tag in f.read_bytes():
                     template = f
                     break
@@ -435,7 +436,7 @@ def _write_broken(gen: _Gen, patients: list[SyntheticPatient]) -> list[Path]:
     data = template.read_bytes()
     truncated = template.parent / f"{gen.uid()}.dcm"
     truncated.write_bytes(data[: data.rindex(pixel_tag) + 10])  # mid way through the 4-byte length
-    text = gen.pacs / patients[min(1, len(patients) - 1)].hospital_id / "export-log.dcm"
+    text = gen.pacs / patient_folder(patients[min(1, len(patients) - 1)].hospital_id) / "export-log.dcm"
     text.write_text("PACS export log (not a DICOM file)\nstatus: completed with warnings\n", encoding="utf-8")
     return [truncated, text]
 

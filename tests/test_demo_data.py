@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from ingest.config import load_config
+from ingest.synth.dicom import patient_folder
 from ingest.demo import PLACEHOLDER_DATE, DemoPaths, generate, is_valid_nhs_number, nhs_check_digit
 from ingest.errors import PermanentError
 from ingest.synth import descriptions as D
@@ -109,9 +110,12 @@ def test_every_file_but_the_broken_ones_is_valid_dicom(demo_cohort: DemoPaths, d
         if "PixelData" in ds:
             arr = ds.pixel_array
             assert arr.shape[-2:] in ((32, 32), (64, 64))
-        # Layout: pacs/<hospital id>/<study uid>/<series uid>/<sop uid>.dcm
+        # Layout: pacs/PAT<hash>/<study uid>/<series uid>/<sop uid>.dcm — no hospital ID in paths,
+        # because paths reach log lines and failure reasons.
         rel = Path(ds.filename).relative_to(demo_cohort.pacs).parts
-        assert rel == (ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm")
+        assert rel == (patient_folder(ds.PatientID), ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                       f"{ds.SOPInstanceUID}.dcm")
+        assert ds.PatientID not in str(ds.filename)
 
 
 def test_patients_and_studies_match_the_files(demo_cohort: DemoPaths, demo_datasets) -> None:

@@ -130,7 +130,8 @@ def test_new_study_arrives_between_runs(fresh_demo):
         ds.AccessionNumber = "NEWACC0001"
         ds.StudyDate = dt.date.today().strftime("%Y%m%d")
         ds.StudyDescription = "MRI Neck"
-        ds.save_as(fresh_demo.pacs / hid / f"new-{i}.dcm")
+        (fresh_demo.pacs / "incoming").mkdir(exist_ok=True)
+        ds.save_as(fresh_demo.pacs / "incoming" / f"new-{i}.dcm")
     second = run_update(cfg, show_progress=False)
     assert second.counts["new_studies"] == 1
     assert second.counts["ingested"] == 1

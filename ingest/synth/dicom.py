@@ -237,9 +237,20 @@ def _mark_as_encoded(ds: Dataset) -> None:
                 _mark_as_encoded(child)
 
 
+def patient_folder(patient_id: str) -> str:
+    """Folder name for a patient in the demo PACS: stable, but not the hospital ID itself.
+
+    Paths end up in log lines and failure reasons (a broken file is named by its path), so the
+    layout must not spell out an identifier.
+    """
+    import hashlib
+
+    return "PAT" + hashlib.sha256(patient_id.encode()).hexdigest()[:10]
+
+
 def pacs_path(root: Path, patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-    """The demo PACS folder layout: ``<root>/<patient id>/<study uid>/<series uid>/<sop uid>.dcm``."""
-    return root / patient_id / study_uid / series_uid / f"{sop_uid}.dcm"
+    """The demo PACS folder layout: ``<root>/PAT<hash>/<study uid>/<series uid>/<sop uid>.dcm``."""
+    return root / patient_folder(patient_id) / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
 # ----------------------------------------------------------------------------------------------
