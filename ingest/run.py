@@ -421,10 +421,12 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     todo = run.select()
                     run.ingest(todo)
                     if build_report:
-                        from reporting.build import build_reports
+                        from reporting.build import build_reports, run_warnings
 
                         failpoints.hit("report.write")
                         run.summary.outputs = list(build_reports(cfg, cat, run.run_id))
+                        # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
+                        run.summary.warnings = run_warnings(cfg, cat, run.run_id)
                 except BaseException:
                     run.summary.status = "failed"
                     cat.finish_run(run.run_id, "failed", run.summary.counts)
