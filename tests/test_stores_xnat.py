@@ -299,3 +299,45 @@ def test_session_left_in_prearchive_is_reported(xnat_server, xnat_cfg, xnat_stud
         store.close()
     assert st.study_uid in str(ei.value)
     assert xnat_server.count("POST", r"^/data/services/import$") == 1
+
+
+def test_tls_with_custom_ca_bundle(xnat_env, xnat_study, tmp_path):
+    """Verification stays on: a private CA works through ca_bundle, and fails clearly without it."""
+    import shutil
+    import subprocess
+
+    from ingest.config import load_config
+    from tests.servers.xnat_emulator import XnatEmulator
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    ca, ca_key, cert, key, csr = (tmp_path / n for n in ("ca.pem", "ca.key", "cert.pem", "key.pem", "s.csr"))
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rtlake test CA",
+         "-keyout", str(ca_key), "-out", str(ca)],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "1",
+         "-extfile", str(ext), "-out", str(cert)],
+    ):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    emu = XnatEmulator().start(tls=(cert, key))
+    st = xnat_study("H0019", "ACC1901")
+    base = {"project.state_dir": str(tmp_path / "state"), "project.name": "RTLAKE", "store.kind": "xnat",
+            "store.xnat.url": emu.url, "source.transfer.retries": 0}
+    try:
+        store = open_store(load_config(None, base))
+        try:
+            with pytest.raises(StoreError, match="ca_bundle"):
+                store.put_study(plan_for(st, "9434765919"), st.files)
+        finally:
+            store.close()
+        store = open_store(load_config(None, {**base, "store.xnat.ca_bundle": str(ca)}))
+        try:
+            store.put_study(plan_for(st, "9434765919"), st.files)
+        finally:
+            store.close()
+        assert emu.find_experiment("RTLAKE", "ACC1901") is not None
+    finally:
+        emu.stop()

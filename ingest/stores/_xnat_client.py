@@ -9,9 +9,12 @@ into a StoreError / StoreUnavailable that names the server and the study, never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,9 +110,15 @@ class XnatClient:
         if not password:
             raise StoreError(f"XNAT {self.url}: ${self.s.password_env} is not set (user from ${self.s.username_env})")
         try:
-            session = xnat.connect(self.url, user=user, password=password, verify=self.s.verify,
-                                   logger=self._xlog, default_timeout=self.s.timeout,
-                                   pilot_timeout=min(self.s.timeout, 30.0))
+            with _ca_bundle(self.s.verify):
+                session = xnat.connect(self.url, user=user, password=password, verify=bool(self.s.verify),
+                                       logger=self._xlog, default_timeout=self.s.timeout,
+                                       pilot_timeout=min(self.s.timeout, 30.0))
+            if isinstance(self.s.verify, str):
+                _pin_verify(session.interface, self.s.verify)
+        except (requests.exceptions.SSLError, xe.XNATSSLError):
+            raise StoreError(f"XNAT {self.url}: TLS certificate not trusted; set [store.xnat] ca_bundle to the "
+                             f"CA that signed it (verification stays on)") from None
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
         except xe.XNATAuthError:
@@ -227,10 +236,47 @@ class XnatClient:
             raise StoreError(f"XNAT {self.url}: {path}: answer is not an XNAT ResultSet") from None
 
 
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ca_bundle(verify: bool | str) -> Iterator[None]:
+    """Make xnatpy's login requests trust a custom CA bundle.
+
+    xnatpy 0.8.1 only passes verify=False through to its requests session; a CA bundle path is
+    dropped. requests reads REQUESTS_CA_BUNDLE at request time, so it is set just while connecting;
+    afterwards the session's own `verify` holds the path.
+    """
+    if not isinstance(verify, str):
+        yield
+        return
+    with _ENV_LOCK:
+        old = os.environ.get("REQUESTS_CA_BUNDLE")
+        os.environ["REQUESTS_CA_BUNDLE"] = verify
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("REQUESTS_CA_BUNDLE", None)
+            else:
+                os.environ["REQUESTS_CA_BUNDLE"] = old
+
+
+def _pin_verify(interface: requests.Session, ca_bundle: str) -> None:
+    """Pass the CA bundle with every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in
+    the environment override a session's own `verify`, but not a per-request one."""
+    original = interface.request
+
+    def request(method: str, url: str, **kw: Any) -> requests.Response:
+        kw.setdefault("verify", ca_bundle)
+        return original(method, url, **kw)
+
+    interface.request = request  # type: ignore[method-assign]
+
+
 def _from_netrc(url: str) -> tuple[str | None, str | None]:
     """~/.netrc (or $NETRC) entry for host:port, else for the host alone (xnatpy only tries host:port)."""
     import netrc
-    import os
     from urllib.parse import urlparse
 
     path = os.environ.get("NETRC") or str(Path.home() / ".netrc")

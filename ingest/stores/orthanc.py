@@ -40,7 +40,8 @@ class OrthancStore(Store):
         self.timeout = (min(timeout, 30.0), timeout)
         self.http = requests.Session()
         self.http.auth = auth
-        self.http.verify = verify
+        # passed per request: a session-level verify loses to REQUESTS_CA_BUNDLE in the environment
+        self.verify = verify
         # POST /instances is idempotent in Orthanc, so it is retried like a GET.
         retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
                       status_forcelist=(500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
@@ -62,7 +63,7 @@ class OrthancStore(Store):
     # -- HTTP ---------------------------------------------------------------------------------
     def _request(self, method: str, path: str, what: str, **kw: Any) -> Any:
         try:
-            resp = self.http.request(method, self.url + path, timeout=self.timeout, **kw)
+            resp = self.http.request(method, self.url + path, timeout=self.timeout, verify=self.verify, **kw)
         except requests.RequestException as exc:
             raise StoreUnavailable(f"Orthanc {self.url}: {what}: {type(exc).__name__} (no answer)") from None
         if resp.status_code >= 500:

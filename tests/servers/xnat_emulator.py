@@ -149,12 +149,22 @@ class XnatEmulator:
         self.dqr_import_calls: list[list[str]] = []  # studyInstanceUids per import call
         self.dqr_query_calls: list[int] = []  # CSV rows per batch query
         self._httpd: ThreadingHTTPServer | None = None
+        self.scheme = "http"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self) -> "XnatEmulator":
+    def start(self, tls: tuple[Path, Path] | None = None) -> "XnatEmulator":
+        """Serve on a free port; `tls` = (certificate, key) PEM files serves HTTPS instead."""
         handler = type("Handler", (_Handler,), {"emu": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.scheme = "http"
+        if tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="xnat-emulator", daemon=True)
         self._thread.start()
@@ -173,7 +183,7 @@ class XnatEmulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     # -- test controls ------------------------------------------------------------------
     def add_project(self, pid: str, name: str | None = None) -> None:
