@@ -153,5 +153,5 @@ def rasterise_roi(
     uniq, cnt = np.unique(flat, return_counts=True)
     toggles[uniq] = (cnt & 1).astype(np.uint8)
     toggles = toggles.reshape(bk, bi, bj + 1)[:, :, :bj]
-    box = (np.cumsum(toggles, axis=2, dtype=np.uint8) & 1).astype(bool)
+    box = np.bitwise_xor.accumulate(toggles, axis=2).view(bool)  # running parity = inside
     return RoiMask(roi.name, roi.number, grid.shape, (k0, i0, j0), box, warnings, len(planes))

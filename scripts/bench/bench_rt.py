@@ -45,7 +45,6 @@ def _best(fn, repeat: int = 2) -> tuple[float, object]:
 
 def rtlake_masks(ct_files, rs_path):
     from ingest.rt.contours import read_structure_set
-    from ingest.rt.ctseries import order_slices, _SliceHeader  # noqa: F401 - geometry only below
     from ingest.rt.rasterise import rasterise_roi
 
     grid = _ct_grid(ct_files)
@@ -59,7 +58,8 @@ def _ct_grid(ct_files):
 
     from ingest.rt.geometry import Grid, orientation_vectors
 
-    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
+    tags = ["ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"]
+    heads = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags) for f in ct_files]
     r, c = orientation_vectors(heads[0].ImageOrientationPatient)
     n = np.cross(r, c)
     heads.sort(key=lambda d: float(np.array([float(v) for v in d.ImagePositionPatient]) @ n))
