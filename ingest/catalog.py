@@ -32,6 +32,8 @@ from typing import Any
 
 import duckdb
 
+from . import failpoints
+
 MIGRATIONS: list[str] = [
     # 1: the foundation schema
     """
@@ -213,6 +215,7 @@ class Catalog:
                 self.con.execute("ROLLBACK")
                 raise
             else:
+                failpoints.hit("catalog.commit")
                 self.con.execute("COMMIT")
 
     def execute(self, sql: str, params: Any = None) -> duckdb.DuckDBPyConnection:
