@@ -35,12 +35,10 @@ def _cohort(demo) -> dict[str, str]:
 
 def _blank_one_nhs_number(demo) -> str:
     """Make sure a living patient with studies has no NHS number (subject NN_<hospital id>)."""
-    with open(demo.deceased, newline="") as fh:
-        dead = {r["HospitalID"] for r in csv.DictReader(fh)}
+    living = [p for p in demo.patients if not p.deceased and p.studies]
+    pick = next((p for p in living if not p.nhs_number), max(living, key=lambda p: len(p.studies))).hospital_id
     with open(demo.cohort, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    pick = next(r["HospitalID"] for r in rows
-                if r["HospitalID"] not in dead and (Path(demo.pacs) / r["HospitalID"]).is_dir())
     with open(demo.cohort, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["HospitalID", "NHSNumber"])
         w.writeheader()
