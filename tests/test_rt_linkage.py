@@ -78,8 +78,11 @@ def test_two_plan_doses_go_to_quarantine(tmp_path):
 
 def test_missing_modalities_and_mismatched_frames(tmp_path):
     ps = small_phantom(tmp_path / "p", "P")
-    assert select_course(inventory([])).code == "I_EXEC_003"
-    assert select_course(inventory(ps.files["CT"])).code == "I_EXEC_005"
+    assert select_course(inventory([])).status == "NO_RT"
+    ct_only = select_course(inventory(ps.files["CT"]))  # a diagnostic-only patient: nothing wrong
+    assert ct_only.status == "NO_RT" and ct_only.code == "I_EXEC_003"
+    no_ct = select_course(inventory(ps.files["RTSTRUCT"] + ps.files["RTPLAN"]))
+    assert no_ct.status == "EXCLUDED" and no_ct.code == "I_EXEC_005" and "CT" in no_ct.reason
     rs = pydicom.dcmread(ps.files["RTSTRUCT"][0])
     rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3.999"
     rs.save_as(ps.files["RTSTRUCT"][0])

@@ -96,12 +96,15 @@ def convert_cmd(
     c = summary.counts()
     typer.echo(
         f"rt: {c.get('patients', 0)} patient(s): {c.get('success', 0)} converted, {c.get('partial', 0)} partial, "
-        f"{c.get('quarantine', 0)} quarantined, {c.get('excluded', 0)} excluded, {c.get('skipped', 0)} skipped "
-        f"→ {out}"
+        f"{c.get('quarantine', 0)} quarantined, {c.get('excluded', 0)} excluded, {c.get('no_rt', 0)} without RT data, "
+        f"{c.get('skipped', 0)} skipped → {out}"
     )
+    # Studies are named by UID, never by the patient folder (a lake subject may be an NHS number).
     for r in summary.results:
         if r.failures and not r.skipped:
-            typer.echo(f"  {r.patient}: {r.status}: {r.failures[0].code}: {r.failures[0].reason}")
+            f = r.failures[0]
+            typer.echo(f"  study {f.study_uid or '(unknown)'}: {r.status}: {f.code}: {f.reason}")
+    typer.echo(f"per patient: {out / 'patients.csv'}")
 
 
 @rt_app.command("link")

@@ -34,7 +34,7 @@ from .verify import CODES, EXCLUDE, PatientNotes, RtConversionError
 log = logging.getLogger(__name__)
 
 NOTES = "notes.json"
-DONE_STATUSES = ("SUCCESS", "PARTIAL")
+DONE_STATUSES = ("SUCCESS", "PARTIAL", "NO_RT")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,9 @@ def _convert(job: PatientJob, opts: ConvertOptions, folder: Path, notes: Patient
     if course.status != "LINKED":
         notes.add(course.code, course.reason)
         notes.status = course.status
-        result.failures.append(Failure(result.study_uid or str(folder), course.reason, course.code, result.study_uid))
+        if course.status != "NO_RT":
+            target = result.study_uid or _study_of(inv) or str(folder)
+            result.failures.append(Failure(target, course.reason, course.code, result.study_uid or _study_of(inv)))
         return
     study = course.ct.study_uid
     notes.add("I_SUCC_001", f"study {study}")
@@ -248,6 +250,18 @@ def _convert(job: PatientJob, opts: ConvertOptions, folder: Path, notes: Patient
         notes.patientimagingfilesready = notes.status == "SUCCESS"
         write_report(folder / "report.html", notes, dvhs, previews)
         notes.outputs["html"] = "report.html"
+
+
+def _study_of(inv) -> str | None:
+    """A study UID to file a linkage failure under (the RT objects' study when there is one)."""
+    for group in (inv.structs, inv.plans, inv.doses):
+        for item in group:
+            if item.study_uid:
+                return item.study_uid
+    for ct in inv.ct.values():
+        if ct.study_uid:
+            return ct.study_uid
+    return None
 
 
 def _dvhs(rois, masks: list[RoiMask], grid: Grid, dose, on_ct: np.ndarray, opts: ConvertOptions) -> list[Dvh]:

@@ -89,7 +89,7 @@ class Inventory:
 class Course:
     """The selected RT course, or why there is none."""
 
-    status: str  # LINKED | QUARANTINE | EXCLUDED
+    status: str  # LINKED | QUARANTINE | EXCLUDED | NO_RT
     code: str
     reason: str = ""
     ct: CtSeriesInfo | None = None
@@ -164,8 +164,9 @@ def inventory(paths: list[Path]) -> Inventory:
 
 def select_course(inv: Inventory) -> Course:
     """Pick the one CT/RTSTRUCT/RTPLAN/RTDOSE course, or say why not."""
-    if not inv.ct and not inv.structs:
-        return Course("EXCLUDED", "I_EXEC_003", "no CT or RTSTRUCT files found")
+    if not inv.structs and not inv.plans and not inv.doses:
+        # Not an RT patient (diagnostic imaging only): nothing to convert, and nothing wrong.
+        return Course("NO_RT", "I_EXEC_003", "no RT objects (RTSTRUCT/RTPLAN/RTDOSE) among the patient's files")
     if not inv.structs:
         return Course("EXCLUDED", "I_EXEC_005", "modality missing: RTSTRUCT")
     if not inv.ct:

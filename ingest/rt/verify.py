@@ -27,7 +27,7 @@ WARN = "WARN"
 #: code → (outcome, description). One table for docs, notes and tests.
 CODES: dict[str, tuple[str, str]] = {
     "I_SUCC_001": (PROCEED, "one study with an RT course"),
-    "I_EXEC_003": (EXCLUDE, "no imaging data found for the patient"),
+    "I_EXEC_003": (WARN, "no RT objects among the patient's files: not an RT patient, nothing to convert"),
     "I_EXEC_005": (EXCLUDE, "a required modality is missing"),
     "I_REV_001": (REVIEW, "several studies hold a complete RT course: quarantined for review"),
     "II_SUCC_001": (PROCEED, "one CT linked to the structure set (and plan and dose)"),
@@ -81,7 +81,7 @@ class PatientNotes:
     """What happened to one patient; written as `<output>/<patient>/notes.json`."""
 
     patient: str
-    status: str = "RUNNING"  # SUCCESS | PARTIAL | QUARANTINE | EXCLUDED
+    status: str = "RUNNING"  # SUCCESS | PARTIAL | QUARANTINE | EXCLUDED | NO_RT
     patientimagingfilesready: bool = False
     notes: list[Note] = field(default_factory=list)
     linkage: dict[str, Any] = field(default_factory=dict)
