@@ -107,3 +107,37 @@ def test_unreachable_orthanc_is_transient(orthanc_cfg, xnat_study):
     finally:
         store.close()
     assert "127.0.0.1" in str(ei.value) and st.study_uid in str(ei.value)
+
+
+def test_update_into_orthanc(orthanc_target, fresh_demo, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ingest.catalog import Catalog
+
+    monkeypatch.setenv("RTLAKE_STORE_USER", "store")
+    monkeypatch.setenv("RTLAKE_STORE_PASSWORD", "store-secret")
+    cfg = Path(fresh_demo.config)
+    cfg.write_text(cfg.read_text() + f'\n[store.orthanc]\nurl = "{orthanc_target.url}"\n'
+                   'username_env = "RTLAKE_STORE_USER"\npassword_env = "RTLAKE_STORE_PASSWORD"\n')
+    cmd = [sys.executable, "-m", "ingest.cli", "update", "-c", str(cfg), "--store", "orthanc", "--no-progress",
+           "--no-report"]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cat = Catalog(Path(fresh_demo.root) / "state" / "catalog.duckdb", read_only=True)
+    try:
+        stored = cat.query_dicts("SELECT study_uid, location, n_files FROM sessions WHERE state = 'stored'")
+        fails = cat.query_dicts("SELECT reason FROM failures WHERE stage = 'store'")
+    finally:
+        cat.close()
+    assert stored and fails == []
+    http = orthanc_target.http
+    for s in stored:
+        stats = http.get(f"{s['location']}/statistics").json()
+        assert int(stats["CountInstances"]) == s["n_files"]
+    before = http.get(f"{orthanc_target.url}/statistics").json()["CountInstances"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert http.get(f"{orthanc_target.url}/statistics").json()["CountInstances"] == before
