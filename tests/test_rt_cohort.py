@@ -119,3 +119,21 @@ def test_patients_found_in_the_lake_and_catalog(tmp_path):
     assert (tmp_path / "out" / "SUBJ1" / "masks_labelmap.nii.gz").is_file()
     dvh = write_cohort_dvh(tmp_path / "out", from_tree)
     assert dvh is not None and len(dvh.read_text().splitlines()) == 1 + 2 * 3
+
+
+def test_existing_scheduler_address_is_used(tmp_path):
+    """`--scheduler ADDRESS`: the cohort goes to a running distributed cluster (here an in-process one)."""
+    from dask.distributed import LocalCluster
+
+    from ingest.rt.cohort import jobs_from_folder, run_cohort
+
+    for n in range(2):
+        small_phantom(tmp_path / "in" / f"P{n}", f"P{n}")
+    jobs = jobs_from_folder(tmp_path / "in", tmp_path / "out")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        seen = []
+        summary = run_cohort(jobs, ConvertOptions(previews=False, html=False), scheduler=cluster.scheduler_address,
+                             on_result=lambda r: seen.append(r.patient), progress=True)
+        assert "rt" in cluster.scheduler.task_prefixes  # the tasks ran on this cluster's scheduler
+    assert sorted(seen) == ["P0", "P1"]
+    assert [r.status for r in summary.results] == ["SUCCESS", "SUCCESS"]
