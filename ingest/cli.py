@@ -50,6 +50,10 @@ def main(
     from rich.logging import RichHandler
 
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    # Third-party HTTP/DICOM libraries log request URLs and datasets at debug level; URLs carry
+    # subject labels (NHS numbers), so they stay quiet whatever -v says.
+    for noisy in ("urllib3", "requests", "xnat", "pynetdicom", "distributed", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def load(config: Optional[Path], overrides: dict | None = None):
