@@ -36,11 +36,12 @@ def preview_png(ct_hu: np.ndarray, grid: Grid, roi: Roi, mask: RoiMask, window=(
     img = ct_hu[k].astype(np.float32)
     sj, si = grid.spacing[0], grid.spacing[1]
     ni, nj = img.shape
-    fig = Figure(figsize=(4, 4 * (ni * si) / max(nj * sj, 1e-6)), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
     extent = (-0.5, nj - 0.5, ni - 0.5, -0.5)
     ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], extent=extent, aspect=si / sj, interpolation="nearest")
+    ax.set_facecolor("black")
     full = np.zeros((ni, nj), dtype=bool)
     kb = k - mask.offset[0]
     i0, j0 = mask.offset[1], mask.offset[2]
@@ -53,10 +54,16 @@ def preview_png(ct_hu: np.ndarray, grid: Grid, roi: Roi, mask: RoiMask, window=(
         if int(round(float(np.mean(idx[:, 2])))) == k:
             xy = np.vstack([idx[:, :2], idx[:1, :2]])
             ax.plot(xy[:, 0], xy[:, 1], color="yellow", linewidth=1.0)
-    ax.text(2, 2, f"{roi.name}  slice {k}", color="white", fontsize=8, va="top", ha="left",
+    ax.text(0.01, 0.99, f"{roi.name}  slice {k}", transform=ax.transAxes, color="white", fontsize=8, va="top", ha="left",
             bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
-    ax.set_xlim(-0.5, nj - 0.5)
-    ax.set_ylim(ni - 0.5, -0.5)
+    # Zoom to the structure (with context around it) so small organs are visible.
+    rows = np.flatnonzero(full.any(axis=1))
+    cols = np.flatnonzero(full.any(axis=0))
+    half = max(rows[-1] - rows[0], (cols[-1] - cols[0]) * sj / si, 60.0 / si) * 0.75 + 2
+    ci, cj = (rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2
+    hj = half * si / sj
+    ax.set_xlim(max(-0.5, cj - hj), min(nj - 0.5, cj + hj))
+    ax.set_ylim(min(ni - 0.5, ci + half), max(-0.5, ci - half))
     ax.axis("off")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
