@@ -103,8 +103,15 @@ def convert_cmd(
     for r in summary.results:
         if r.failures and not r.skipped:
             f = r.failures[0]
-            typer.echo(f"  study {f.study_uid or '(unknown)'}: {r.status}: {f.code}: {f.reason}")
+            typer.echo(f"  study {f.study_uid or '(unknown)'}: {r.status}: {f.code}: {_short_paths(f.reason)}")
     typer.echo(f"per patient: {out / 'patients.csv'}")
+
+
+def _short_paths(text: str) -> str:
+    """Paths cut to their file name: lake folders are named by subject, which may be an NHS number."""
+    import re
+
+    return re.sub(r"(?:/[^\s/:]+)+/([^\s/:]+)", r"…/\1", text)
 
 
 @rt_app.command("link")

@@ -109,7 +109,7 @@ def convert_patient(job: PatientJob, opts: ConvertOptions = ConvertOptions()) ->
         notes.add(exc.code, exc.reason)
         result.failures.append(Failure(result.study_uid or str(folder), exc.reason, exc.code, result.study_uid))
     except Exception as exc:  # noqa: BLE001 - one patient's bug must not stop the cohort
-        log.debug("unexpected error converting %s", folder, exc_info=True)
+        log.debug("unexpected error converting study %s", result.study_uid or "(not linked yet)", exc_info=True)
         msg = f"unexpected {type(exc).__name__}: {exc}"
         notes.add("XIV_EXEC_001", msg)
         notes.outputs["traceback"] = traceback.format_exc(limit=5)
