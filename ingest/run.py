@@ -423,6 +423,10 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     if build_report:
                         from reporting.build import build_reports, run_warnings
 
+                        from .atomic import sweep_temp
+
+                        # a run killed while writing the outbox left a temp file the EDW could pick up
+                        sweep_temp(Path(cfg.report.outbox))
                         failpoints.hit("report.write")
                         run.summary.outputs = list(build_reports(cfg, cat, run.run_id))
                         # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
