@@ -88,6 +88,7 @@ def test_two_updates_on_one_state_folder(small_demo, tmp_path):
                                               "refused": sum(o.count(3) for o in outcomes)})
 
 
+@pytest.mark.reliability
 def test_two_state_folders_sharing_one_lake(small_demo, tmp_path):
     """Not what the lock protects (it is per state folder); both must still leave one copy of each file."""
     import shutil

@@ -206,7 +206,7 @@ def xnat_faults(tmp_path, monkeypatch, rate: float, seed: int) -> dict:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("rate,seed", [(0.10, 7), (0.30, 8)])
+@pytest.mark.parametrize("rate,seed", [pytest.param(0.10, 7, marks=pytest.mark.reliability), (0.30, 8)])
 def test_xnat_store_under_faults(rate, seed, tmp_path, monkeypatch):
     fig = xnat_faults(tmp_path, monkeypatch, rate, seed)
     record_result(f"faults_xnat_{int(rate * 100)}", fig)
