@@ -101,6 +101,29 @@ class _Reader:
         return out
 
 
+_UID_EXPLICIT = b"\x08\x00\x55\x11UI"
+_UID_IMPLICIT = b"\x08\x00\x55\x11"
+
+
+def _ref_uids(raw: bytes, start: int, end: int, implicit: bool) -> tuple[str, ...]:
+    """ReferencedSOPInstanceUIDs in raw[start:end] by their tag bytes (no item datasets built).
+
+    Only the ContourImageSequence of one contour is searched: its other elements are UIDs
+    and ASCII text, in which the tag bytes 08 00 55 11 cannot occur.
+    """
+    marker = _UID_IMPLICIT if implicit else _UID_EXPLICIT
+    out = []
+    pos = raw.find(marker, start, end)
+    while pos >= 0:
+        if implicit:
+            n = struct.unpack_from("<I", raw, pos + 4)[0]
+        else:
+            n = struct.unpack_from("<H", raw, pos + 6)[0]
+        out.append(raw[pos + 8 : pos + 8 + n].decode("ascii", "replace").strip(" \x00"))
+        pos = raw.find(marker, pos + 8 + n, end)
+    return tuple(out)
+
+
 def contour_items(raw: bytes, implicit: bool) -> list[tuple[bytes, str, tuple[str, ...]]]:
     """(ContourData bytes, ContourGeometricType, referenced image UIDs) per ContourSequence item.
 
@@ -120,15 +143,11 @@ def contour_items(raw: bytes, implicit: bool) -> list[tuple[bytes, str, tuple[st
             if GEOMETRIC_TYPE in f:
                 s, n, _ = f[GEOMETRIC_TYPE]
                 gtype = raw[s : s + n].decode("ascii", "replace").strip(" \x00") or "CLOSED_PLANAR"
-            uids: list[str] = []
+            uids: tuple[str, ...] = ()
             if CONTOUR_IMAGES in f:
                 s, n, _ = f[CONTOUR_IMAGES]
-                for ist, ien in r.items(s, None if n == _UNDEFINED else s + n):
-                    g = r.fields(ist, ien)
-                    if REF_SOP_UID in g:
-                        us, un, _ = g[REF_SOP_UID]
-                        uids.append(raw[us : us + un].decode("ascii", "replace").strip(" \x00"))
-            out.append((data, gtype, tuple(uids)))
+                uids = _ref_uids(raw, s, iend if n == _UNDEFINED else s + n, implicit)
+            out.append((data, gtype, uids))
     except (struct.error, IndexError) as exc:
         raise ValueError(f"cannot walk contour items: {exc}") from None
     return out
