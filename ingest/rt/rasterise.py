@@ -148,10 +148,15 @@ def rasterise_roi(
     j1 = int(min(nj, max(np.ceil(x0.max()) + 1, j0 + 1)))
     j1 = max(j1, j0 + 1)
     bk, bi, bj = k1 - k0, i1 - i0, j1 - j0
-    flat = ((kr - k0) * bi + (row - i0)) * (bj + 1) + np.minimum(col - j0, bj)
-    toggles = np.zeros(bk * bi * (bj + 1), dtype=np.uint8)
+    # Toggles laid out [k, j, i] so the running parity along j is a loop of whole-plane XORs
+    # (vectorised over k and i), several times faster than an accumulate along the last axis.
+    keep_t = col - j0 < bj  # toggles right of the box change nothing inside it
+    flat = ((kr[keep_t] - k0) * bj + (col[keep_t] - j0)) * bi + (row[keep_t] - i0)
+    toggles = np.zeros(bk * bj * bi, dtype=np.uint8)
     uniq, cnt = np.unique(flat, return_counts=True)
     toggles[uniq] = (cnt & 1).astype(np.uint8)
-    toggles = toggles.reshape(bk, bi, bj + 1)[:, :, :bj]
-    box = np.bitwise_xor.accumulate(toggles, axis=2).view(bool)  # running parity = inside
+    parity = toggles.reshape(bk, bj, bi)
+    for j in range(1, bj):
+        np.bitwise_xor(parity[:, j], parity[:, j - 1], out=parity[:, j])
+    box = np.ascontiguousarray(parity.transpose(0, 2, 1)).view(bool)
     return RoiMask(roi.name, roi.number, grid.shape, (k0, i0, j0), box, warnings, len(planes))
