@@ -77,7 +77,7 @@ def test_supersampling_brings_small_structures_to_polygon_volume():
     assert abs(m.voxels * fine.voxel_volume_cc / s.polygon_cc - 1) < 0.005
 
 
-@pytest.mark.parametrize("iop", [P.HFS, P.HFDL, P.HFDR], ids=["HFS", "HFDL", "HFDR"])
+@pytest.mark.parametrize("iop", [P.HFS, P.FFS, P.HFDL, P.HFDR], ids=["HFS", "FFS", "HFDL", "HFDR"])
 def test_shapes_match_independent_rasteriser(iop):
     g = P.ct_grid(shape=(24, 40, 72), spacing=(0.9, 1.3, 2.5), iop=iop)  # non-square pixels and image
     shapes = [
@@ -158,7 +158,7 @@ def _plastimatch_masks(exe: Path, ps: P.PhantomSet, work: Path) -> dict[str, np.
     return {p.stem: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0 for p in (work / "pm").glob("*.nrrd")}
 
 
-@pytest.mark.parametrize("case", ["square", "non-square", "decubitus", "rounded-z"])
+@pytest.mark.parametrize("case", ["square", "non-square", "decubitus", "feet-first", "rounded-z"])
 def test_masks_voxel_identical_to_plastimatch(case, tmp_path, plastimatch_exe):
     kw = {}
     if case == "square":
@@ -167,6 +167,8 @@ def test_masks_voxel_identical_to_plastimatch(case, tmp_path, plastimatch_exe):
         g = P.ct_grid(shape=(30, 48, 80), spacing=(0.9, 1.3, 2.5))
     elif case == "decubitus":
         g = P.ct_grid(shape=(24, 64, 64), spacing=(1.0, 1.0, 2.0), iop=P.HFDL)
+    elif case == "feet-first":
+        g = P.ct_grid(shape=(24, 56, 64), spacing=(1.0, 1.0, 2.0), iop=P.FFS)
     else:
         g = P.ct_grid(shape=(20, 40, 40), spacing=(1.0, 1.0, 2.0), origin=(-19.5, -19.5, -19.3217))
         kw["contour_z_decimals"] = 2

@@ -29,7 +29,9 @@ RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
 
 HFS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-#: Head-first decubitus left: rows run along patient -y, columns along patient +x... (DICOM C.7.6.2.1.1)
+#: Feet-first supine: the slice normal points to the feet.
+FFS = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: Head-first decubitus left / right (image rows along the patient's x, columns along y).
 HFDL = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0)
 HFDR = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
 
