@@ -28,7 +28,7 @@ from ..errors import SourceError, SourceUnavailable
 from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
 from ._files import ReceivedStudy
-from ._net import NodelayAE, park_reactor
+from ._net import NodelayAE, hold_reactor, park_reactor
 from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
 from .base import Source
 
@@ -102,6 +102,7 @@ class DimseSource(Source):
         self.transfer = transfer or Transfer(name)
         self.name = name
         self._find_assoc = None
+        self._find_held = False
         self._find_lock = threading.Lock()
         self._router: _MoveRouter | None = None
         self._router_lock = threading.Lock()
@@ -169,6 +170,7 @@ class DimseSource(Source):
             ae = self._ae()
             ae.add_requested_context(FIND)
             self._find_assoc = self._associate(ae, "C-FIND")
+            self._find_held = hold_reactor(self._find_assoc)
         return self._find_assoc
 
     def _c_find(self, ds: Dataset, what: str) -> list[Dataset]:
@@ -178,7 +180,8 @@ class DimseSource(Source):
             answers: list[Dataset] = []
             final = None
             try:
-                park_reactor(assoc)
+                if not self._find_held:
+                    park_reactor(assoc)
                 for status, ident in assoc.send_c_find(ds, FIND):
                     if not status or "Status" not in status:
                         break
