@@ -173,3 +173,26 @@ def test_every_code_in_notes_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "rt.md").read_text()
     for code in CODES:
         assert code in doc, code
+
+
+def test_ragged_contour_data_is_warned_per_structure(tmp_path):
+    ps = small_phantom(tmp_path / "in", "R")
+    rs = pydicom.dcmread(ps.files["RTSTRUCT"][0])
+    for c in rs.ROIContourSequence[0].ContourSequence:
+        c.ContourData = list(c.ContourData) + ["1.5"]
+    rs.save_as(ps.files["RTSTRUCT"][0])
+    res, notes = _convert(tmp_path, tmp_path / "in", "RAGGED")
+    assert res.status == "SUCCESS"
+    warned = [n for n in notes["notes"] if n["roi"] == "Sphere" and "not a multiple of 3" in n["message"]]
+    assert len(warned) == 1 and warned[0]["code"] == "XIV_WARN_001"
+    assert notes["structures"]["Sphere"]["voxels"] > 0
+
+
+def test_dose_without_frame_offsets_is_refused(tmp_path):
+    ps = small_phantom(tmp_path / "in", "G")
+    rd = pydicom.dcmread(ps.files["RTDOSE"][0])
+    del rd.GridFrameOffsetVector
+    rd.save_as(ps.files["RTDOSE"][0])
+    res, notes = _convert(tmp_path, tmp_path / "in", "NOGFOV")
+    assert res.status == "PARTIAL"
+    assert any(f.code == "XVI_EXEC_002" and "GridFrameOffsetVector" in f.reason for f in res.failures)

@@ -99,11 +99,14 @@ def convert_cmd(
         f"{c.get('quarantine', 0)} quarantined, {c.get('excluded', 0)} excluded, {c.get('no_rt', 0)} without RT data, "
         f"{c.get('skipped', 0)} skipped → {out}"
     )
-    # Studies are named by UID, never by the patient folder (a lake subject may be an NHS number).
+    # With --input, patients are the sub-folders the user named; lake subjects may be NHS numbers,
+    # so those are named by study UID instead.
     for r in summary.results:
         if r.failures and not r.skipped:
             f = r.failures[0]
-            typer.echo(f"  study {f.study_uid or '(unknown)'}: {r.status}: {f.code}: {_short_paths(f.reason)}")
+            who = r.patient if input_dir is not None else f"study {f.study_uid or '(unknown)'}"
+            extra = f" (+{len(r.failures) - 1} more in notes.json)" if len(r.failures) > 1 else ""
+            typer.echo(f"  {who}: {r.status}: {f.code}: {_short_paths(f.reason)}{extra}")
     typer.echo(f"per patient: {out / 'patients.csv'}")
 
 

@@ -59,6 +59,20 @@ class StructureSet:
     label: str = ""
 
 
+class _Ragged:
+    """ContourData whose value count is not a multiple of 3 (kept for the warning)."""
+
+    def __init__(self, points: np.ndarray, n_values: int) -> None:
+        self.points = points
+        self.n_values = n_values
+
+
+def _triplets(flat: np.ndarray):
+    if flat.size % 3:
+        return _Ragged(flat[: flat.size - flat.size % 3].reshape(-1, 3), int(flat.size))
+    return flat.reshape(-1, 3)
+
+
 def parse_contour_data(item) -> np.ndarray:
     """ContourData of one ContourSequence item as an (N, 3) float array."""
     elem = item.get_item(_CONTOUR_DATA)
@@ -75,9 +89,7 @@ def parse_contour_data(item) -> np.ndarray:
     else:
         seq = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") else [value]
         flat = np.array([float(v) for v in seq], dtype=np.float64)
-    if flat.size % 3:
-        flat = flat[: flat.size - flat.size % 3]
-    return flat.reshape(-1, 3)
+    return _triplets(flat)
 
 
 def _raw_text(item, tag) -> str | None:
@@ -126,9 +138,7 @@ def _points(text: bytes | str) -> np.ndarray:
     flat = np.fromstring(text, dtype=np.float64, sep="\\")
     if flat.size != text.count("\\") + 1:  # a value numpy could not parse: let Python say which
         flat = np.array(text.split("\\"), dtype=np.float64)
-    if flat.size % 3:
-        flat = flat[: flat.size - flat.size % 3]
-    return flat.reshape(-1, 3)
+    return _triplets(flat)
 
 
 def _parse_many(texts: list[bytes]) -> list[np.ndarray]:
@@ -159,9 +169,7 @@ def _parse_many(texts: list[bytes]) -> list[np.ndarray]:
     for n in counts:
         flat = values[pos : pos + n]
         pos += n
-        if flat.size % 3:
-            flat = flat[: flat.size - flat.size % 3]
-        out.append(flat.reshape(-1, 3))
+        out.append(_triplets(flat))
     return out
 
 
@@ -232,11 +240,22 @@ def read_structure_set(path: Path) -> StructureSet:
         parsed = iter(_parse_many(raw)) if raw else iter(())
     except ValueError as exc:
         raise RtConversionError("XIII_EXEC_001", f"{path}: ContourData is not a list of numbers ({exc})") from None
+    short: dict[int, int] = {}
+    ragged: dict[int, int] = {}
     for roi, data, gtype, uids in pending:
         pts = next(parsed) if isinstance(data, (bytes, bytearray)) else data
+        if isinstance(pts, _Ragged):
+            ragged[id(roi)] = ragged.get(id(roi), 0) + 1
+            pts = pts.points
         if gtype == "CLOSED_PLANAR" and len(pts) < 3:
-            roi.warnings.append(f"a closed contour with {len(pts)} point(s) was ignored")
+            short[id(roi)] = short.get(id(roi), 0) + 1
         roi.contours.append(Contour(points=pts, geometric_type=gtype, image_uids=uids))
+    for roi in rois.values():
+        if id(roi) in ragged:
+            roi.warnings.append(f"{ragged[id(roi)]} contour(s) have a ContourData count that is not a multiple of 3; "
+                                "the incomplete last point was dropped")
+        if id(roi) in short:
+            roi.warnings.append(f"{short[id(roi)]} closed contour(s) with fewer than 3 points were ignored")
     label = str(ds.get("StructureSetLabel", "") or "")
     return StructureSet(
         path=Path(path),

@@ -84,6 +84,9 @@ def read_dose(path: Path, expected_for: str | None = None) -> Dose:
     if raw.ndim == 2:
         raw = raw[np.newaxis]
     normal = np.cross(row_dir, col_dir)
+    if nframes > 1 and not ds.get("GridFrameOffsetVector"):
+        raise RtConversionError("XVI_EXEC_002", f"RTDOSE {uid}: no GridFrameOffsetVector for {nframes} frames, "
+                                                "so the frame positions are unknown")
     offsets = np.array([float(v) for v in (ds.get("GridFrameOffsetVector") or [0.0])], dtype=np.float64)
     if len(offsets) != nframes:
         raise RtConversionError("XVI_EXEC_002", f"RTDOSE {uid}: {len(offsets)} frame offsets for {nframes} frames")
