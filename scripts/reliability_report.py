@@ -47,6 +47,8 @@ def rows(data: dict) -> list[tuple[str, str, str]]:
             continue
         phases = ", ".join(f"{p} {n}" for p, n in k.get("by_phase", {}).items() if n)
         clean = k["lost"] == k["duplicated"] == k["half_written"] == 0 and k["survived"] == k["kills"]
+        missed = k.get("attempts", k["kills"]) - k["kills"]
+        phases += f"; {missed} delayed kill(s) missed their step and were redrawn" if missed else ""
         out.append((title, f"{k['survived']}/{k['kills']} kills survived ({phases}); lost {k['lost']}, "
                            f"duplicated {k['duplicated']}, half-written {k['half_written']}", _ok(clean)))
 
