@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from ingest.catalog import Catalog
 from ingest.records import SessionPlan, StudyRecord

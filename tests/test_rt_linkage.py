@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pydicom
@@ -91,7 +90,7 @@ def test_missing_modalities_and_mismatched_frames(tmp_path):
 
 
 def test_ct_slices_sorted_along_normal_whatever_the_file_order(tmp_path):
-    ps = small_phantom(tmp_path, "P", iop=None) if False else small_phantom(tmp_path, "P")
+    ps = small_phantom(tmp_path, "P")
     shuffled = list(ps.files["CT"])
     random.Random(1).shuffle(shuffled)
     ct = read_ct_series(shuffled)

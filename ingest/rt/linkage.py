@@ -11,7 +11,6 @@ unapproved ones. Only headers are read here (no pixel data).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
