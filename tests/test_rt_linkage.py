@@ -195,3 +195,21 @@ def test_dose_without_frame_offsets_is_refused(tmp_path):
     res, notes = _convert(tmp_path, tmp_path / "in", "NOGFOV")
     assert res.status == "PARTIAL"
     assert any(f.code == "XVI_EXEC_002" and "GridFrameOffsetVector" in f.reason for f in res.failures)
+
+
+def test_beam_doses_summed_only_on_request(tmp_path):
+    fn = P.linear_dose([30.0, 0.0, 0.0, 0.0], [0.4, 0.1, 0.0])
+    half = lambda p: 0.5 * fn(p)  # noqa: E731 - two beams of half the plan dose each
+    small_phantom(tmp_path / "plan", "S")  # the same course with a PLAN dose, for reference
+    ps = small_phantom(tmp_path / "beams", "S", dose_summation="BEAM", dose_fn=half)
+    _copy_with_uid(ps.files["RTDOSE"][0], tmp_path / "beams" / "RD_beam2.dcm")
+    ref, _ = _convert(tmp_path, tmp_path / "plan", "PLAN")
+    refused, notes = _convert(tmp_path, tmp_path / "beams", "BEAMS")
+    assert refused.status == "PARTIAL" and "XVI_EXEC_003" in {n["code"] for n in notes["notes"]}
+    summed, notes = _convert(tmp_path, tmp_path / "beams", "SUMMED", sum_beam_doses=True, force=True)
+    assert summed.status == "SUCCESS" and "XVI_WARN_001" in {n["code"] for n in notes["notes"]}
+    a = (tmp_path / "out" / "PLAN" / "dvh.csv").read_text().splitlines()[1:]
+    b = (tmp_path / "out" / "SUMMED" / "dvh.csv").read_text().splitlines()[1:]
+    for ra, rb in zip(a, b):
+        va, vb = ra.split(",")[3:8], rb.split(",")[3:8]  # volume, Dmean, Dmin, Dmax, D2
+        assert all(abs(float(x) - float(y)) < 2e-3 for x, y in zip(va, vb)), (ra, rb)

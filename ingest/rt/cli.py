@@ -31,6 +31,9 @@ def convert_cmd(
     supersample: int = typer.Option(1, min=1, max=8, help="In-plane supersampling factor for small structures' DVHs."),
     supersample_below: float = typer.Option(10.0, help="Supersample structures smaller than this many cc."),
     plane_tolerance: float = typer.Option(0.05, help="Contour-plane to CT-slice distance (mm) above which a warning is noted."),
+    sum_beam_doses: bool = typer.Option(
+        False, help="When a plan has only per-beam doses (on one grid), sum them instead of stopping at PARTIAL."
+    ),
     previews: bool = typer.Option(True, help="Write a PNG per structure."),
     html: bool = typer.Option(True, help="Write a per-patient HTML page."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -55,7 +58,7 @@ def convert_cmd(
         raise typer.Exit(2)
     opts = ConvertOptions(mask_mode=masks, compress=compress, supersample=supersample,
                           supersample_below_cc=supersample_below, plane_tol_mm=plane_tolerance,
-                          previews=previews, html=html, force=force)
+                          previews=previews, html=html, force=force, sum_beam_doses=sum_beam_doses)
     try:
         with run_lock(cfg.state_dir):
             cat = Catalog(cfg.catalog_path)

@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import write_text
 from .contours import read_structure_set
 from .ctseries import read_ct_series
-from .dose import read_dose, resample_to
+from .dose import read_dose, resample_to, sum_doses
 from .dvh import Dvh, DvhSpec, compute_dvh, metric_names
 from .geometry import Grid
 from .linkage import inventory, select_course
@@ -49,6 +49,8 @@ class ConvertOptions:
     html: bool = True
     dvh: DvhSpec = DvhSpec()
     force: bool = False
+    #: Sum a plan's per-beam doses when it has no PLAN dose (off: such patients are PARTIAL).
+    sum_beam_doses: bool = False
 
 
 @dataclass
@@ -216,32 +218,36 @@ def _convert(job: PatientJob, opts: ConvertOptions, folder: Path, notes: Patient
     if course.plan is not None:
         notes.add("XV_SUCC_001", f"plan {course.plan.sop_uid} ({course.plan.approval or 'no ApprovalStatus'})")
     dvhs: list[Dvh] = []
-    if course.dose is None:
-        notes.add(course.dose_code or "XVI_EXEC_001", course.dose_reason)
-        result.failures.append(Failure(study, course.dose_reason, course.dose_code or "XVI_EXEC_001", study))
-    else:
+    dose = None
+    expected_for = ct.frame_of_reference or None
+    try:
+        if course.dose is not None:
+            dose = read_dose(course.dose.path, expected_for=expected_for)
+        elif course.beam_doses and opts.sum_beam_doses:
+            dose = sum_doses([read_dose(d.path, expected_for=expected_for) for d in course.beam_doses])
+            notes.add("XVI_WARN_001", f"{len(course.beam_doses)} BEAM doses summed: {dose.info.sop_uid}")
+        else:
+            raise RtConversionError(course.dose_code or "XVI_EXEC_001", course.dose_reason or "no dose")
+    except RtConversionError as exc:
+        notes.add(exc.code, exc.reason)
+        result.failures.append(Failure(study, exc.reason, exc.code, study))
+        dose = None
+    if dose is not None:
+        on_ct = resample_to(dose, ct.grid)
+        write_image(folder / f"dose{ext}", on_ct, ct.grid, opts.compress)
+        notes.outputs["dose"] = f"dose{ext}"
+        notes.outputs["dose_max_gy"] = round(float(dose.gy.max()), 4)
+        notes.add("XVI_SUCC_001", f"RTDOSE {dose.info.sop_uid}, max {float(dose.gy.max()):.3f} Gy")
         try:
-            dose = read_dose(course.dose.path, expected_for=ct.frame_of_reference or None)
-        except RtConversionError as exc:
-            notes.add(exc.code, exc.reason)
-            result.failures.append(Failure(study, exc.reason, exc.code, study))
-            dose = None
-        if dose is not None:
-            on_ct = resample_to(dose, ct.grid)
-            write_image(folder / f"dose{ext}", on_ct, ct.grid, opts.compress)
-            notes.outputs["dose"] = f"dose{ext}"
-            notes.outputs["dose_max_gy"] = round(float(dose.gy.max()), 4)
-            notes.add("XVI_SUCC_001", f"RTDOSE {dose.info.sop_uid}, max {float(dose.gy.max()):.3f} Gy")
-            try:
-                dvhs = _dvhs(rois, masks, ct.grid, dose, on_ct, opts)
-            except Exception as exc:  # noqa: BLE001
-                notes.add("DVH_EXEC_001", f"{type(exc).__name__}: {exc}")
-                result.failures.append(Failure(study, f"DVH failed: {exc}", "DVH_EXEC_001", study))
-                dvhs = []
-            if dvhs:
-                _write_dvh_csv(folder, job.patient, study, dvhs, opts.dvh, notes)
-                notes.outputs["dvh"] = "dvh.csv"
-                notes.add("DVH_SUCC_001", f"{len(dvhs)} DVH(s)")
+            dvhs = _dvhs(rois, masks, ct.grid, dose, on_ct, opts)
+        except Exception as exc:  # noqa: BLE001
+            notes.add("DVH_EXEC_001", f"{type(exc).__name__}: {exc}")
+            result.failures.append(Failure(study, f"DVH failed: {exc}", "DVH_EXEC_001", study))
+            dvhs = []
+        if dvhs:
+            _write_dvh_csv(folder, job.patient, study, dvhs, opts.dvh, notes)
+            notes.outputs["dvh"] = "dvh.csv"
+            notes.add("DVH_SUCC_001", f"{len(dvhs)} DVH(s)")
     if opts.html:
         from .report_html import write_report
 

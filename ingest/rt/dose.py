@@ -114,6 +114,29 @@ def read_dose(path: Path, expected_for: str | None = None) -> Dose:
     return Dose(info=info, grid=grid, gy=np.ascontiguousarray(gy))
 
 
+def sum_doses(doses: list[Dose]) -> Dose:
+    """The voxel-wise sum of doses computed on one grid (per-beam doses of one plan).
+
+    Raises:
+        RtConversionError: XVI_EXEC_003 when the grids differ (summing would need resampling,
+            which is not done behind the user's back).
+    """
+    first = doses[0]
+    g = first.grid
+    total = first.gy.astype(np.float64)
+    for d in doses[1:]:
+        h = d.grid
+        same = (h.shape == g.shape and np.allclose(h.origin, g.origin, atol=1e-3)
+                and np.allclose(h.spacing, g.spacing, atol=1e-4) and np.allclose(h.direction, g.direction, atol=1e-6))
+        if not same:
+            raise RtConversionError("XVI_EXEC_003", f"beam doses {first.info.sop_uid} and {d.info.sop_uid} are on "
+                                                    "different grids; not summed")
+        total += d.gy
+    info = DoseInfo("+".join(d.info.sop_uid for d in doses), first.info.frame_of_reference, "BEAM-SUM",
+                    first.info.plan_uids, first.info.path)
+    return Dose(info=info, grid=g, gy=total.astype(np.float32))
+
+
 def resample_to(dose: Dose, target: Grid) -> np.ndarray:
     """Dose in Gy at the voxel centres of `target` (trilinear; 0 outside the dose grid's centre hull).
 

@@ -97,6 +97,8 @@ class Course:
     dose: DoseFileInfo | None = None
     dose_code: str | None = None  # a problem with the dose alone (the rest is still converted)
     dose_reason: str = ""
+    #: the per-beam doses of the plan when there is no PLAN dose (summed only on request)
+    beam_doses: list[DoseFileInfo] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 
     def describe(self) -> dict:
@@ -247,6 +249,8 @@ def select_course(inv: Inventory) -> Course:
         )
     elif doses:
         kinds = sorted({d.summation or "?" for d in doses})
+        if kinds == ["BEAM"]:
+            course.beam_doses = sorted(doses, key=lambda d: d.sop_uid)
         course.dose_code, course.dose_reason = (
             "XVI_EXEC_003",
             f"{len(doses)} dose(s) of summation type {'/'.join(kinds)} and no PLAN dose; not summed",

@@ -50,6 +50,7 @@ CODES: dict[str, tuple[str, str]] = {
     "XV_WARN_001": (WARN, "no RTPLAN: the dose is linked by FrameOfReferenceUID only"),
     "XV_EXEC_001": (EXCLUDE, "plan missing or cannot be read"),
     "XVI_SUCC_001": (PROCEED, "dose read, scaled to Gy and resampled onto the CT grid"),
+    "XVI_WARN_001": (WARN, "per-beam doses summed into a plan dose, as requested with --sum-beam-doses"),
     "XVI_EXEC_001": (EXCLUDE, "no RTDOSE for the selected plan"),
     "XVI_EXEC_002": (EXCLUDE, "RTDOSE unusable (no DoseGridScaling, not in Gy, mismatched frame of reference)"),
     "XVI_EXEC_003": (EXCLUDE, "only per-beam/fraction doses: not summed silently"),
