@@ -188,3 +188,78 @@ def test_back_to_back_c_finds_never_lose_an_answer(source_for, pacs_cohort):
     want = {s.study_uid for s in pacs_cohort if s.patient_id == st.patient_id}
     short = sum({r.study_uid for r in src.query_patient(st.patient_id)} != want for _ in range(300))
     assert short == 0
+
+
+class _BadPacs:
+    """A tiny HTTP server that answers like a broken DICOMweb PACS (Orthanc never does this)."""
+
+    def __init__(self, mode: str) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if "/instances" in self.path:
+                    body, ctype = b"[]", "application/dicom+json"
+                elif outer.mode == "html":
+                    body, ctype = b"<html>login</html>", "text/html"
+                else:
+                    body = (b"--XX\r\nContent-Type: application/dicom\r\n\r\nthis is not dicom\r\n--XX--\r\n")
+                    ctype = 'multipart/related; type="application/dicom"; boundary=XX'
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.mode = mode
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["html", "garbage"])
+def test_non_dicom_answers_name_pacs_and_study(mode, tmp_path):
+    from ingest.records import StudyRecord
+    from ingest.sources._http import HttpClient
+    from ingest.sources.dicomweb import DicomWebSource
+    from ingest.transfer import Transfer
+
+    import requests
+
+    bad = _BadPacs(mode)
+    try:
+        src = DicomWebSource(bad.url, HttpClient(requests.Session(), Transfer("badpacs", retries=0), "badpacs"),
+                             name="badpacs")
+        if mode == "html":
+            with pytest.raises(SourceError) as err:
+                src.find(StudyQuery(accession="A1"))
+            assert "badpacs" in str(err.value) and "not JSON" in str(err.value)
+        with pytest.raises(SourceError) as err:
+            src.retrieve(StudyRecord(study_uid="1.2.3.999", patient_id="X", n_instances=1), tmp_path / mode)
+        assert "badpacs" in str(err.value) and "1.2.3.999" in str(err.value)
+    finally:
+        bad.stop()
+
+
+def test_quick_sop_uid_agrees_with_pydicom(pacs_cohort):
+    from ingest.sources._files import quick_sop_uid
+    from ingest.sources._http import iter_multipart
+
+    for st in pacs_cohort:
+        for f, sop in zip(st.files, st.sop_uids):
+            assert quick_sop_uid(f.read_bytes()) == sop == pydicom.dcmread(f).SOPInstanceUID
+    assert quick_sop_uid(b"x" * 200) is None
+    # a multipart stream cut before its closing boundary is a transient (retryable) error
+    with pytest.raises(SourceUnavailable):
+        list(iter_multipart([b"--B\r\n\r\npart1\r\n--B\r\n\r\npar"], b"B"))
+    assert list(iter_multipart([b"--B\r\n", b"\r\npa", b"rt1\r\n--B\r\nX: y\r\n\r\np2\r\n--B--"], b"B")) == \
+        [b"part1", b"p2"]

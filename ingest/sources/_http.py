@@ -7,6 +7,7 @@ keeps flowing never times out while a stalled one fails fast. Retries are not do
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -96,10 +97,13 @@ class HttpClient:
         r = self.request(method, url, what, **kw)
         try:
             body = r.content
-            self.transfer.throttle.data(len(body))
-            return r.json()
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
             raise SourceUnavailable(f"{self.pacs}: {what}: {type(exc).__name__} while reading") from None
+        self.transfer.throttle.data(len(body))
+        if not body.strip():
+            return None  # 204 No Content: QIDO's way of saying "no match"
+        try:
+            return json.loads(body)
         except ValueError:
             raise SourceError(f"{self.pacs}: {what}: answer is not JSON "
                               f"(Content-Type {r.headers.get('Content-Type', '?')})") from None
