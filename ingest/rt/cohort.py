@@ -112,8 +112,8 @@ def run_cohort(
         client = Client(cluster)
     bar = None
     try:
-        futures = [client.submit(convert_patient, job, opts, key=f"rt-{i}-{job.patient}", pure=False)
-                   for i, job in enumerate(jobs)]
+        # Task keys show up in distributed's own logs, so they carry an index, never the subject.
+        futures = [client.submit(convert_patient, job, opts, key=f"rt-{i}", pure=False) for i, job in enumerate(jobs)]
         job_of = {f.key: job for f, job in zip(futures, jobs)}
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
