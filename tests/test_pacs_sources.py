@@ -263,3 +263,16 @@ def test_quick_sop_uid_agrees_with_pydicom(pacs_cohort):
         list(iter_multipart([b"--B\r\n\r\npart1\r\n--B\r\n\r\npar"], b"B"))
     assert list(iter_multipart([b"--B\r\n", b"\r\npa", b"rt1\r\n--B\r\nX: y\r\n\r\np2\r\n--B--"], b"B")) == \
         [b"part1", b"p2"]
+
+
+def test_wrong_called_aet_is_rejected_by_strict_peer(dcmqrscp_loaded):
+    from ingest.sources.dimse import DimseSource
+    from ingest.transfer import Transfer
+
+    src = DimseSource("127.0.0.1", dcmqrscp_loaded.port, "NO_SUCH_AE", dcmqrscp_loaded.scu_aet,
+                      transfer=Transfer("strictpacs", retries=0), name="strictpacs")
+    with pytest.raises(SourceError) as err:
+        src.echo()
+    src.close()
+    assert not isinstance(err.value, SourceUnavailable)
+    assert "rejected" in str(err.value) and "NO_SUCH_AE" in str(err.value) and "strictpacs" in str(err.value)

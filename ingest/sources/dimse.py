@@ -336,7 +336,9 @@ class DimseSource(Source):
 
         def on_store(event) -> int:
             try:
-                rec.add_bytes(event.encoded_dataset(), "C-STORE sub-operation")
+                data = event.encoded_dataset()
+                self.transfer.throttle.data(len(data))
+                rec.add_bytes(data, "C-STORE sub-operation")
             except SourceError as exc:
                 errors.append(str(exc))
                 return 0xC000
