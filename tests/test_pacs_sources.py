@@ -276,3 +276,26 @@ def test_wrong_called_aet_is_rejected_by_strict_peer(dcmqrscp_loaded):
     src.close()
     assert not isinstance(err.value, SourceUnavailable)
     assert "rejected" in str(err.value) and "NO_SUCH_AE" in str(err.value) and "strictpacs" in str(err.value)
+
+
+def test_raw_query_values_mode_for_servers_that_do_not_url_decode(source_for, orthanc_loaded, tmp_path):
+    """Debian Orthanc 1.10 does not URL-decode QIDO values: 'RT%20SPACE' matches nothing there.
+    raw_query_values sends the value as is (a space becomes the wildcard '?')."""
+    import datetime as _dt
+
+    from tests.fixtures.pacs import make_cohort
+
+    st = make_cohort(tmp_path / "sp", n_patients=1, studies_per_patient=1, instances=1, seed=77)[0]
+    ds = pydicom.dcmread(st.files[0])
+    ds.PatientID = "RT SPACE^77"
+    ds.StudyDate = "20190601"
+    ds.save_as(st.files[0])
+    orthanc_loaded.upload(st.files)
+    raw = source_for("dicomweb-raw").find(StudyQuery(patient_id="RT SPACE^77"))
+    encoded = source_for("dicomweb-encoded").find(StudyQuery(patient_id="RT SPACE^77"))
+    assert [r.study_uid for r in raw] == [st.study_uid]
+    assert raw[0].study_date == _dt.date(2019, 6, 1)
+    assert encoded == []  # the gotcha itself; a PACS that decodes would find it
+    # the REST source needs no encoding at all
+    assert [r.study_uid for r in source_for("orthanc-wado").find(StudyQuery(patient_id="RT SPACE^77"))] == \
+        [st.study_uid]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # StudyDescription, NumberOfStudyRelatedInstances, ModalitiesInStudy, StudyID, StudyDate, AccessionNumber
 INCLUDE_FIELDS = ("00081030", "00201208", "00080061", "00200010", "00080020", "00080050")
 PAGE = 500
+_RAW_UNSAFE = re.compile(r"[^A-Za-z0-9*?._~-]")
 
 
 class DicomWebSource(Source):
@@ -47,9 +49,15 @@ class DicomWebSource(Source):
         return cls(sec.url, client, name=cfg.source.name, raw_query_values=sec.raw_query_values)
 
     def _qs(self, params: list[tuple[str, str]]) -> str:
-        """Build the query string ourselves so raw mode really sends `*`, `^` and `-` as they are."""
+        """Build the query string ourselves.
+
+        Raw mode (servers that do not URL-decode): `*`, `?`, `-` and `.` go as they are; any other
+        character that would need percent-encoding (space, `^`, `&`...) becomes the one-character
+        wildcard `?` (requests/urllib3 would re-encode it anyway), and the answers are then
+        filtered client-side on the exact value.
+        """
         if self.raw:
-            return "&".join(f"{k}={v.replace(' ', '?').replace('&', '?')}" for k, v in params)
+            return "&".join(f"{k}={_RAW_UNSAFE.sub('?', v)}" for k, v in params)
         return "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
 
     def find(self, q: StudyQuery) -> list[StudyRecord]:
@@ -79,8 +87,12 @@ class DicomWebSource(Source):
                 raise SourceError(f"{self.name}: {what}: answer is not a DICOM JSON array")
             for item in answer:
                 rec = self._record(item, what)
-                if rec is not None and description_matches(q.description, rec.description):
-                    out.append(rec)
+                if rec is None or not description_matches(q.description, rec.description):
+                    continue
+                if not (_exact(q.patient_id, rec.patient_id) and _exact(q.accession, rec.accession)
+                        and _exact(q.study_uid, rec.study_uid)):
+                    continue  # a raw-mode '?' stood in for a character and matched another one
+                out.append(rec)
             if len(answer) < self.page_size:
                 return out
             offset += len(answer)
@@ -135,3 +147,8 @@ class DicomWebSource(Source):
 
     def close(self) -> None:
         self.client.session.close()
+
+
+def _exact(wanted: str | None, got: str) -> bool:
+    """True unless an exact (wildcard-free) key was asked for and the answer differs."""
+    return not wanted or "*" in wanted or "?" in wanted or wanted == got
