@@ -224,6 +224,22 @@ def test_demo_pacs_paths_hold_no_hospital_ids(demo_cohort):
     assert leaking == []
 
 
+def test_identifier_scan_finds_what_it_should(demo_cohort):
+    """The detector itself: whole-token hits in every form, no hit inside UIDs or longer numbers."""
+    p = next(x for x in demo_cohort.patients if x.nhs_number)
+    n = p.nhs_number
+    family, _, given = p.name.partition("^")
+    texts = {
+        f"index {demo_cohort.pacs}/{p.hospital_id}/x.dcm: not DICOM": "a",
+        f"subject {n[:3]} {n[3:6]} {n[6:]} stored": "b",
+        f"patient {given} {family} born {p.birth_date:%d/%m/%Y}": "c",
+        f"study 1.2.{n}.7 and {n}0 and NN_{p.hospital_id}": "d",  # a UID component, a longer number, a label
+    }
+    hits = scan_for_identifiers(texts)
+    assert {h["source"] for h in hits} == {"a", "b", "c"}
+    assert {h["kind"] for h in hits} == {"hospital_id", "nhs_number", "name", "birth_date"}
+
+
 def test_no_identifiers_in_logs():
     """Runs last (the plugin moves it): every log line, exception message and CLI output of the session."""
     texts = collected_texts()
