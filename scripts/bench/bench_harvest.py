@@ -3,7 +3,7 @@
   REST:  OrthancSource.query_patient  vs  a raw requests loop of POST /tools/find (Expand)
   DIMSE: DimseSource.query_patient    vs  raw pynetdicom C-FIND on one association, TCP_NODELAY set
 
-Goal: each ratio (rtlake time / raw time) <= 1.2. Loopback only; best of 3 rounds each.
+Goal: each ratio (rtlake time / raw time) <= 1.2. Loopback only; best of 3 interleaved rounds.
 Usage: python scripts/bench/bench_harvest.py [--patients 1000]
 """
 
@@ -13,7 +13,7 @@ import argparse
 import shutil
 import socket
 
-from _pacs_common import best_of, fresh_dir, need_orthanc, start_orthanc
+from _pacs_common import best_of, fresh_dir, interleaved_best, need_orthanc, start_orthanc
 
 
 def main() -> None:
@@ -61,9 +61,8 @@ def main() -> None:
             for pid in pids:
                 assert len(list(src.query_patient(pid))) == 1
 
-        t_raw = best_of(raw_rest)
-        t_lean = best_of(lambda: rtlake_rest(lean))
-        t_full = best_of(lambda: rtlake_rest(full))
+        b = interleaved_best({"raw": raw_rest, "lean": lambda: rtlake_rest(lean), "full": lambda: rtlake_rest(full)})
+        t_raw, t_lean, t_full = b["raw"], b["lean"], b["full"]
         print(f"REST raw /tools/find loop:              {t_raw:7.3f} s  ({1000 * t_raw / len(pids):.2f} ms/patient)")
         print(f"REST rtlake (series_details=false):     {t_lean:7.3f} s  ratio {t_lean / t_raw:.2f}  (goal <= 1.2)")
         print(f"REST rtlake (default, +modalities/counts): {t_full:7.3f} s  ratio {t_full / t_raw:.2f}  "
@@ -110,9 +109,9 @@ def main() -> None:
             for pid in pids:
                 assert len(list(dimse.query_patient(pid))) == 1
 
-        t_rawd = best_of(raw_dimse_reused)
-        t_rawp = best_of(raw_dimse_per_query)
-        t_d = best_of(rtlake_dimse)
+        b = interleaved_best({"raw": raw_dimse_reused, "rtlake": rtlake_dimse})
+        t_rawd, t_d = b["raw"], b["rtlake"]
+        t_rawp = best_of(raw_dimse_per_query, rounds=1)
         if state["assoc"] is not None and state["assoc"].is_established:
             state["assoc"].release()
         dimse.close()
