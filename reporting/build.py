@@ -240,5 +240,7 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
 
 
 def _latest_run(catalog: Catalog) -> str | None:
-    row = catalog.execute("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchone()
+    # The latest *update* run: `rtlake rt convert` also writes runs rows (source "rt"), which are not PACS runs.
+    row = catalog.execute("SELECT run_id FROM runs WHERE coalesce(source, '') <> 'rt' "
+                          "ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchone()
     return row[0] if row else None
