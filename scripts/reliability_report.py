@@ -57,9 +57,11 @@ def rows(data: dict) -> list[tuple[str, str, str]]:
         out.append(("Fault injection", "not run", "-"))
     for key in fault_keys:
         f = data[key]
-        where = key.removeprefix("faults_").replace("_seeds", " (3 seeds each)")
-        name, _, rate = where.partition("_")
-        title = f"Faults: {name} at {rate.split(' ')[0]} %" + (" (3 seeds)" if "seeds" in key else "")
+        name, _, rate = key.removeprefix("faults_").partition("_")
+        side = "store" if name == "xnat" else "source"
+        title = f"Faults: {name} {side} at {rate.split('_')[0]} % of requests"
+        if key.endswith("_seeds"):
+            title += f" ({f.get('seeds', f.get('runs', '?'))} more seeds, make reliability)"
         detail = (f"{f['faults_injected']} faults injected; {f['stored']}/{f['included']} studies stored, "
                   f"{f['failed_with_reason']} failed with a reason; after a clean re-run lost "
                   f"{f.get('lost_after_rerun', 0)}, duplicated {f.get('duplicated', 0)}")

@@ -77,7 +77,8 @@ def clean_orthanc(demo_orthanc, tmp_path_factory):
     return state, proxy.counters["requests"]
 
 
-def orthanc_faults(demo_orthanc, clean_orthanc, tmp_path, rate: float, seed: int, kind: str = "orthanc") -> dict:
+def orthanc_faults(demo_orthanc, clean_orthanc, tmp_path, rate: float, seed: int, kind: str = "orthanc",
+                   require_faults: bool = True) -> dict:
     demo, srv = demo_orthanc
     clean_state, clean_requests = clean_orthanc
     opts = {**FAST, **(PER_INSTANCE if kind == "orthanc" else {})}
@@ -88,7 +89,7 @@ def orthanc_faults(demo_orthanc, clean_orthanc, tmp_path, rate: float, seed: int
         (state, summary), seconds = _timed(lambda: run_with_source(kind, demo, via, tmp_path, opts))
     finally:
         proxy.stop()
-    assert proxy.injected > 0, proxy.counters
+    assert proxy.injected > 0 or not require_faults, proxy.counters
     tally = _settle(state)
     stored = sops_by_study(state)
     have = demo_sops_by_study(demo.pacs)
@@ -137,8 +138,11 @@ def test_pacs_sources_under_faults_more_seeds(kind, rate, demo_orthanc, clean_or
         finally:
             proxy.stop()
         base = (clean_state, proxy.counters["requests"])
-        figs = [orthanc_faults(demo_orthanc, base, tmp_path / f"s{seed}", rate, seed, kind) for seed in (21, 22, 23)]
-    record_result(f"faults_{kind}_{int(rate * 100)}_seeds", {
+        # whole-study pulls make few requests: a seed may draw no fault, the seeds together must
+        figs = [orthanc_faults(demo_orthanc, base, tmp_path / f"s{seed}", rate, seed, kind, require_faults=False)
+                for seed in (21, 22, 23, 24, 25)]
+        assert sum(f["faults_injected"] for f in figs) > 0
+    record_result(f"faults_{kind}_{int(rate * 100)}_seeds", {"seeds": len(figs),
         "rate": rate, "runs": len(figs), "faults_injected": sum(f["faults_injected"] for f in figs),
         "included": sum(f["included"] for f in figs), "stored": sum(f["stored"] for f in figs),
         "failed_with_reason": sum(f["failed_with_reason"] for f in figs), "lost_after_rerun": 0, "duplicated": 0})
