@@ -114,9 +114,10 @@ def orthanc_faults(demo_orthanc, clean_orthanc, tmp_path, rate: float, seed: int
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("rate,seed", [(0.10, 101), (0.30, 303)])
+@pytest.mark.parametrize("rate,seed", [(0.10, 101), (0.30, 12)])
 def test_orthanc_source_under_faults(rate, seed, demo_orthanc, clean_orthanc, tmp_path):
     fig = orthanc_faults(demo_orthanc, clean_orthanc, tmp_path, rate, seed)
+    assert fig["included"] > 0, fig  # the harvest got through: retrieval was put under faults too
     record_result(f"faults_orthanc_{int(rate * 100)}", fig)
 
 
