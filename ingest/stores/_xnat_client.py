@@ -99,6 +99,17 @@ class XnatClient:
             return _from_netrc(self.url)
         return user, password
 
+    def _login_status(self, user: str, password: str) -> int | None:
+        """HTTP status of one login request (XNAT's `PUT /data/services/auth`); None when unreachable."""
+        try:
+            r = requests.put(self.url.rstrip("/") + "/data/services/auth",
+                             data={"username": user, "password": password},
+                             timeout=min(self.s.timeout, 30.0), verify=self.s.verify)
+        except requests.RequestException:
+            return None
+        r.close()
+        return r.status_code
+
     def connect(self) -> Any:
         import xnat
         from xnat import exceptions as xe
@@ -122,6 +133,12 @@ class XnatClient:
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
         except xe.XNATAuthError:
+            # xnatpy reports any non-200 login answer as an auth error, 503s included. Ask once more
+            # ourselves to tell a server blip (retry) from refused credentials (stop).
+            code = self._login_status(user, password)
+            if code is None or code >= 500 or code in (408, 429) or code == 200:
+                raise StoreUnavailable(f"XNAT {self.url}: login did not complete "
+                                       f"(server answered {code or 'nothing'}); will retry") from None
             raise StoreError(f"XNAT {self.url}: login refused for the user in ${self.s.username_env} "
                              f"(or ~/.netrc); check the credentials") from None
         except xe.XNATError as exc:
