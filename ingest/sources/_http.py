@@ -71,17 +71,29 @@ def check_status(r: requests.Response, pacs: str, what: str, auth_hint: str = ""
 class HttpClient:
     """requests + our error mapping + throttle accounting for one PACS."""
 
-    def __init__(self, session: requests.Session, transfer: Transfer, pacs: str, auth_hint: str = "") -> None:
+    def __init__(self, session: requests.Session, transfer: Transfer, pacs: str, auth_hint: str = "",
+                 tls_section: str = "[source.*]") -> None:
         self.session = session
         self.transfer = transfer
         self.pacs = pacs
         self.auth_hint = auth_hint
+        self.tls_section = tls_section
+        # Passed on every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment
+        # override a session-level `verify`, and the configured ca_bundle must win.
+        self.verify = session.verify
         self.timeout = (min(10.0, transfer.read_timeout), transfer.read_timeout)
 
     def request(self, method: str, url: str, what: str, *, stream: bool = False, **kw: Any) -> requests.Response:
         """One attempt (no retry): returns a response with a 2xx status or raises SourceError/SourceUnavailable."""
+        kw.setdefault("verify", self.verify)
         try:
             r = self.session.request(method, url, timeout=self.timeout, stream=stream, **kw)
+        except requests.exceptions.SSLError as exc:
+            # Not transient: retrying an untrusted certificate only delays the same answer.
+            reason = "CERTIFICATE_VERIFY_FAILED" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else _short(exc)
+            raise SourceError(f"{self.pacs}: {what}: SSLError ({reason}): the server's TLS certificate is not "
+                              f"trusted; set ca_bundle in {self.tls_section} to the CA that signed it "
+                              f"(verification stays on)") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise SourceUnavailable(f"{self.pacs}: {what}: {type(exc).__name__} ({_short(exc)})") from None
         except requests.RequestException as exc:

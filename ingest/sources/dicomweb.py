@@ -45,7 +45,8 @@ class DicomWebSource(Source):
     def from_config(cls, cfg) -> "DicomWebSource":
         sec = cfg.source.dicomweb
         transfer = Transfer.from_config(cfg.source.transfer, cfg.source.name)
-        client = HttpClient(make_session(sec, transfer.concurrency), transfer, cfg.source.name, env_hint(sec))
+        client = HttpClient(make_session(sec, transfer.concurrency), transfer, cfg.source.name, env_hint(sec),
+                            tls_section="[source.dicomweb]")
         return cls(sec.url, client, name=cfg.source.name, raw_query_values=sec.raw_query_values)
 
     def _qs(self, params: list[tuple[str, str]]) -> str:

@@ -43,7 +43,7 @@ class OrthancSource(Source):
         sec = cfg.source.orthanc
         transfer = Transfer.from_config(cfg.source.transfer, cfg.source.name)
         session = make_session(sec, transfer.concurrency)
-        client = HttpClient(session, transfer, cfg.source.name, env_hint(sec))
+        client = HttpClient(session, transfer, cfg.source.name, env_hint(sec), tls_section="[source.orthanc]")
         return cls(sec.url, client, name=cfg.source.name, retrieve=sec.retrieve, series_details=sec.series_details)
 
     # -- queries ---------------------------------------------------------------------------
