@@ -268,7 +268,8 @@ def config_reference() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
-            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "").replace("pathlib.", "")
+            tname = tname.replace(" | ", " or ")  # a bare | would split the Markdown table cell
             default = f.default
             if isinstance(default, Path):
                 default = str(default)
