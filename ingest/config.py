@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -268,7 +268,10 @@ def config_reference() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
-            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "").replace("pathlib.", "")
+            if get_origin(ann) is Literal:
+                tname = " or ".join(f"`{a}`" for a in get_args(ann))
+            else:
+                tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "").replace("pathlib.", "")
             tname = tname.replace(" | ", " or ")  # a bare | would split the Markdown table cell
             default = f.default
             if isinstance(default, Path):
