@@ -366,7 +366,8 @@ def _insert_files(con, study_uid: str, files) -> tuple[list, list[tuple[str, str
 
     if not files:
         return [], []
-    df = pd.DataFrame([(f.sop_uid, study_uid, f.series_uid, f.path, f.size) for f in files],
+    # DuckDB reads `df` by name in the statements below.
+    df = pd.DataFrame([(f.sop_uid, study_uid, f.series_uid, f.path, f.size) for f in files],  # noqa: F841
                       columns=["sop_uid", "study_uid", "series_uid", "path", "size"])
     clashes = con.execute("SELECT df.path, files.study_uid FROM df JOIN files USING (sop_uid) "
                           "WHERE files.study_uid <> df.study_uid").fetchall()

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import tenacity
 
-from .errors import ConfigError, PermanentError, TransientError
+from .errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

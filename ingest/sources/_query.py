@@ -84,3 +84,23 @@ class StudyQuery:
         if d is None:
             return self.date_from is None and self.date_to is None
         return (self.date_from is None or d >= self.date_from) and (self.date_to is None or d <= self.date_to)
+
+
+class QueryLookups:
+    """The look-ups every query-capable source offers, all in terms of its own `find(StudyQuery)`.
+
+    Mixed into the Orthanc, DICOMweb and DIMSE sources so each protocol writes one query
+    function and gets patient, accession and StudyInstanceUID look-ups from it.
+    """
+
+    def find(self, query: "StudyQuery") -> list:  # pragma: no cover - provided by the source
+        raise NotImplementedError
+
+    def query_patient(self, patient_id: str, since: dt.date | None = None):
+        yield from self.find(StudyQuery(patient_id=patient_id, date_from=since))
+
+    def find_accession(self, accession: str) -> list:
+        return self.find(StudyQuery(accession=accession))
+
+    def find_study(self, study_uid: str) -> list:
+        return self.find(StudyQuery(study_uid=study_uid))

@@ -7,10 +7,8 @@ not URL-decode query values, so `raw_query_values` sends them unencoded with spa
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,7 +17,7 @@ from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
 from ._files import ReceivedStudy
 from ._http import HttpClient, WadoRs, _dj, dicom_json_values, env_hint, make_session
-from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
+from ._query import QueryLookups, StudyQuery, description_matches, dicom_date_range, parse_dicom_date
 from .base import Source
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,7 @@ PAGE = 500
 _RAW_UNSAFE = re.compile(r"[^A-Za-z0-9*?._~-]")
 
 
-class DicomWebSource(Source):
+class DicomWebSource(QueryLookups, Source):
     def __init__(self, root: str, client: HttpClient, *, name: str = "dicomweb", raw_query_values: bool = False,
                  page_size: int = PAGE) -> None:
         self.root = root.rstrip("/")
@@ -117,15 +115,6 @@ class DicomWebSource(Source):
             study_id=_dj(item, "00200010"),
             source=self.name,
         )
-
-    def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
-        yield from self.find(StudyQuery(patient_id=patient_id, date_from=since))
-
-    def find_accession(self, accession: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(accession=accession))
-
-    def find_study(self, study_uid: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(study_uid=study_uid))
 
     def retrieve(self, study: StudyRecord, dest: Path) -> RetrievedStudy:
         """WADO-RS the whole study, then fetch instances QIDO lists but the pull missed.

@@ -8,10 +8,8 @@ rather than "no studies"; and every failure carries the DIMSE status code.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
 from ._files import ReceivedStudy
 from ._net import NodelayAE, hold_reactor, park_reactor
-from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
+from ._query import QueryLookups, StudyQuery, description_matches, dicom_date_range, parse_dicom_date
 from .base import Source
 
 log = logging.getLogger(__name__)
@@ -87,7 +85,7 @@ class _MoveRouter:
         self.server.shutdown()
 
 
-class DimseSource(Source):
+class DimseSource(QueryLookups, Source):
     def __init__(self, host: str, port: int, called_aet: str, calling_aet: str = "RTLAKE", *,
                  retrieve: str = "c-get", move_port: int = 11113, tcp_nodelay: bool = True,
                  case_insensitive: bool = True, transfer: Transfer | None = None, name: str = "dimse",
@@ -273,15 +271,6 @@ class DimseSource(Source):
             if m and m not in mods:
                 mods.append(m)
         return tuple(mods)
-
-    def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
-        yield from self.find(StudyQuery(patient_id=patient_id, date_from=since))
-
-    def find_accession(self, accession: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(accession=accession))
-
-    def find_study(self, study_uid: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(study_uid=study_uid))
 
     def list_instances(self, study_uid: str) -> dict[str, str]:
         """SOPInstanceUID → SeriesInstanceUID from an IMAGE-level C-FIND (for the missing-instance pass)."""

@@ -7,9 +7,7 @@ Orthanc gzips /instances/{id}/file on the fly otherwise, which halves throughput
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,13 +16,13 @@ from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
 from ._files import ReceivedStudy
 from ._http import HttpClient, WadoRs, env_hint, make_session
-from ._query import StudyQuery, description_matches, dicom_date_range, parse_dicom_date
+from ._query import QueryLookups, StudyQuery, description_matches, dicom_date_range, parse_dicom_date
 from .base import Source
 
 log = logging.getLogger(__name__)
 
 
-class OrthancSource(Source):
+class OrthancSource(QueryLookups, Source):
     """An Orthanc server (or an Orthanc gateway in front of a hospital PACS)."""
 
     def __init__(self, url: str, client: HttpClient, *, name: str = "orthanc", retrieve: str = "wado-rs",
@@ -122,15 +120,6 @@ class OrthancSource(Source):
             study_id=tags.get("StudyID", ""),
             source=self.name,
         )
-
-    def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
-        yield from self.find(StudyQuery(patient_id=patient_id, date_from=since))
-
-    def find_accession(self, accession: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(accession=accession))
-
-    def find_study(self, study_uid: str) -> list[StudyRecord]:
-        return self.find(StudyQuery(study_uid=study_uid))
 
     # -- retrieval -------------------------------------------------------------------------
     def _orthanc_id(self, study: StudyRecord) -> str:
