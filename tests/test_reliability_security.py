@@ -83,9 +83,6 @@ def test_orthanc_source_over_tls_verifies_by_default(demo_orthanc, tls_relay, tm
     record_result("tls", {"orthanc source refuses a self-signed server by default": True}, merge=True)
 
 
-@pytest.mark.xfail(strict=True, reason="ingest/sources/_http.py HttpClient.request: an SSLError is mapped to "
-                   "SourceUnavailable (retried as transient) and cut to 160 characters, so the reason reads "
-                   "'[SSL: CERTIFICATE...' and does not name [source.orthanc] ca_bundle (the XNAT store does)")
 def test_orthanc_tls_refusal_names_the_fix(demo_orthanc, tls_relay, tmp_path):
     message, _ = _tls_refusal(demo_orthanc, tls_relay, tmp_path)
     assert "ca_bundle" in message and "CERTIFICATE_VERIFY_FAILED" in message, message[:2000]
@@ -166,10 +163,6 @@ def test_xnat_store_over_tls(tls_relay, self_signed_cert, tmp_path, monkeypatch)
         emu.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="ingest/sources/_http.py make_session sets Session.verify to the bundle "
-                   "path, but requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in the environment override a "
-                   "session-level verify; pass verify= on each request (HttpClient.request) so [source.*] "
-                   "ca_bundle wins. Same in ingest/stores/orthanc.py (self.http.verify).")
 def test_ca_bundle_wins_over_environment(demo_orthanc, tls_relay, self_signed_cert, tmp_path, monkeypatch):
     demo, srv = demo_orthanc
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
