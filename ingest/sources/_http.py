@@ -94,7 +94,10 @@ class HttpClient:
             raise SourceError(f"{self.pacs}: {what}: SSLError ({reason}): the server's TLS certificate is not "
                               f"trusted; set ca_bundle in {self.tls_section} to the CA that signed it "
                               f"(verification stays on)") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as exc:
+            # A body cut short arrives here as ChunkedEncodingError when not streaming: a network
+            # blip like a reset, so it is retried.
             raise SourceUnavailable(f"{self.pacs}: {what}: {type(exc).__name__} ({_short(exc)})") from None
         except requests.RequestException as exc:
             raise SourceError(f"{self.pacs}: {what}: {type(exc).__name__} ({_short(exc)})") from None

@@ -130,7 +130,9 @@ class XnatClient:
         except (requests.exceptions.SSLError, xe.XNATSSLError):
             raise StoreError(f"XNAT {self.url}: TLS certificate not trusted; set [store.xnat] ca_bundle to the "
                              f"CA that signed it (verification stays on)") from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, xe.XNATConnectionError) as exc:
+            # xnatpy wraps a connection reset or close during login as XNATConnectionError: a network
+            # blip like any other, so retried rather than failing every study of the run.
             raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
         except xe.XNATAuthError:
             # xnatpy reports any non-200 login answer as an auth error, 503s included. Ask once more
