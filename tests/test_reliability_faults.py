@@ -181,9 +181,7 @@ def xnat_faults(tmp_path, monkeypatch, rate: float, seed: int) -> dict:
         expire.cancel()
         proxy.stop()
     try:
-        # No `injected > 0` here: the store may give up before the first fault is drawn (xnatpy's
-        # XNATConnectionError on a connection the proxy closed is treated as permanent; see
-        # docs/reliability.md). What must hold holds either way.
+        assert proxy.injected > 0, proxy.counters
         assert seconds < RUN_BOUND_SECONDS
         tally = _settle(demo.root)
         cat = Catalog(cfg.catalog_path, read_only=True)
@@ -221,10 +219,7 @@ def test_xnat_store_under_faults(rate, seed, tmp_path, monkeypatch):
     record_result(f"faults_xnat_{int(rate * 100)}", fig)
 
 
-# -- retry edge cases (the first was a gap this suite found: strict xfail until fixed) ----------------
-@pytest.mark.xfail(strict=True, reason="ingest/sources/_http.py HttpClient.request: with stream=False a body cut "
-                   "short raises requests' ChunkedEncodingError inside session.request, which is mapped to the "
-                   "permanent SourceError, so a truncated answer is never retried (it should be SourceUnavailable)")
+# -- retry edge cases this suite found (fixed; these keep them fixed) -----------------------------------
 def test_truncated_answers_are_retried(demo_orthanc, tmp_path):
     demo, srv = demo_orthanc
     proxy = FaultProxy()
