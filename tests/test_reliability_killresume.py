@@ -15,7 +15,6 @@ The default suite runs a reduced plan (3 kills); `make reliability` runs 20 (`-m
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -30,21 +29,13 @@ import pytest
 
 from ingest.catalog import Catalog
 from tests.fixtures.reliability import record_output, record_result
+from tests.run_compare import VOLATILE, snapshot
+from tests.run_compare import lake_tree as tree
 
 RTLAKE = [sys.executable, "-m", "ingest.cli"]
 PHASES = ("retrieve", "catalog", "report", "harvest", "clock")
 
 # Columns that legitimately differ between two runs of the same work (run ids, clocks).
-VOLATILE = {
-    "patients": ("first_seen_run", "harvested_run", "harvested_until"),
-    "studies_seen": ("first_seen_run", "updated_run"),
-    "sessions": ("planned_run", "stored_run", "location"),
-    "scans": (),
-    "files": ("path",),
-    "failures": ("failure_id", "run_id", "seen_at", "resolved_run", "target"),
-}
-
-
 # -- config -------------------------------------------------------------------------------------------
 def _toml_value(v) -> str:
     if isinstance(v, bool):
@@ -116,19 +107,6 @@ def update(cfg: Path, srv, failpoints: str | None = None, kill_after: float | No
 
 
 # -- comparing two runs ---------------------------------------------------------------------------------
-def snapshot(catalog: Path) -> dict[str, list[tuple]]:
-    cat = Catalog(catalog, read_only=True)
-    try:
-        return {t: cat.table_snapshot(t, cols) for t, cols in VOLATILE.items()}
-    finally:
-        cat.close()
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
-
-
 def outbox_state(outbox: Path) -> tuple[list[str], list[str]]:
     """(file names, names that cannot be read back whole)."""
     import openpyxl

@@ -6,7 +6,6 @@ and through `run_update` where the catalog is inspected.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -17,40 +16,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingest.catalog import Catalog
 from ingest.config import load_config
 from ingest.run import run_update
+from tests.run_compare import lake_tree, snapshot
 
 RTLAKE = [sys.executable, "-m", "ingest.cli"]
-
-# Columns that legitimately differ between two runs of the same work (run ids, clocks).
-VOLATILE = {
-    "patients": ("first_seen_run", "harvested_run", "harvested_until"),
-    "studies_seen": ("first_seen_run", "updated_run"),
-    "sessions": ("planned_run", "stored_run", "location"),
-    "scans": (),
-    "files": ("path",),
-    "failures": ("failure_id", "run_id", "seen_at", "resolved_run", "target"),
-}
-
 
 def rtlake(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*RTLAKE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           cwd=cwd, timeout=300)
-
-
-def snapshot(catalog: Path) -> dict[str, list[tuple]]:
-    cat = Catalog(catalog, read_only=True)
-    try:
-        return {t: cat.table_snapshot(t, cols) for t, cols in VOLATILE.items()}
-    finally:
-        cat.close()
-
-
-def lake_tree(root: Path) -> dict[str, str]:
-    """Relative path → content hash of every file in the lake (temp leftovers included, on purpose)."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_update_builds_lake_catalog_and_outbox(fresh_demo):
@@ -183,7 +157,7 @@ def test_corrupt_dicom_recorded_and_run_continues(fresh_demo):
 
 def test_blank_and_bad_nhs_rows_become_nn_subjects_and_failures(fresh_demo):
     text = fresh_demo.cohort.read_text().splitlines()
-    header, first = text[0], text[1].split(",")
+    first = text[1].split(",")
     text[1] = f"{first[0]},123456789"  # 9 digits: wrong
     fresh_demo.cohort.write_text("\n".join(text) + "\n")
     cfg = load_config(fresh_demo.config)

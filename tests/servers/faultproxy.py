@@ -20,7 +20,6 @@ import random
 import socket
 import struct
 import threading
-import time
 from collections import Counter
 
 HTTP_FAULTS = ("reset", "http500", "http503", "stall", "truncate", "slow")
