@@ -128,7 +128,13 @@ class DimseSource(QueryLookups, Source):
         return ae
 
     def _associate(self, ae: NodelayAE, what: str, **kw):
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kw)
+        # A peer that rejects and closes at once (dcmtk does) can reach pynetdicom as an abort when
+        # the close is read before the A-ASSOCIATE-RJ. Two quick extra attempts give the rejection a
+        # chance to show; a peer that is really down fails all three the same way.
+        for _attempt in range(3):
+            assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kw)
+            if assoc.is_established or assoc.is_rejected:
+                break
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
