@@ -130,7 +130,8 @@ class XnatClient:
         except (requests.exceptions.SSLError, xe.XNATSSLError):
             raise StoreError(f"XNAT {self.url}: TLS certificate not trusted; set [store.xnat] ca_bundle to the "
                              f"CA that signed it (verification stays on)") from None
-        except (requests.Timeout, requests.ConnectionError, xe.XNATConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                xe.XNATConnectionError) as exc:
             # xnatpy wraps a connection reset or close during login as XNATConnectionError: a network
             # blip like any other, so retried rather than failing every study of the run.
             raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
@@ -218,7 +219,8 @@ class XnatClient:
             return fn(session)
         except StoreError:
             raise
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # a body cut short is a network blip like a reset: retried
             raise StoreUnavailable(f"XNAT {self.url}: {what}: {type(exc).__name__} (no answer)") from None
         except (xe.XNATError, requests.RequestException) as exc:
             code = status_of(exc)
