@@ -91,10 +91,6 @@ class UpdateRun:
         else:  # already on file from an earlier run
             log.debug("%s %s (again): %s", stage, study_uid or target, reason)
 
-    def who(self, hospital_id: str) -> str:
-        """How a patient may appear in a log line: only when the operator allowed identifiers."""
-        return hospital_id if self.cfg.logging.identifiers_in_logs else "<patient>"
-
     # -- inputs -----------------------------------------------------------------
     def load_patients(self) -> list[str]:
         """Upsert the cohort; returns the hospital IDs to harvest (deceased left out)."""

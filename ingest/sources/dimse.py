@@ -33,6 +33,17 @@ from .base import Source
 log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
+
+
+def _final_status(responses) -> Dataset | None:
+    """The last non-pending status of a C-GET/C-MOVE; None when the peer stopped answering mid-way."""
+    final = None
+    for status, _ in responses:
+        if not status or "Status" not in status:
+            return None
+        if status.Status not in PENDING:
+            final = status
+    return final
 # C-GET asks for storage contexts in the same association (max 128 contexts in all).
 _GET_STORAGE = StoragePresentationContexts[:120]
 _STATUS_TEXT = {
@@ -340,14 +351,8 @@ class DimseSource(QueryLookups, Source):
             return 0x0000
 
         assoc = self._associate(ae, f"C-GET {what}", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        final = None
         try:
-            for status, _ in assoc.send_c_get(ident, GET):
-                if not status or "Status" not in status:
-                    final = None
-                    break
-                if status.Status not in PENDING:
-                    final = status
+            final = _final_status(assoc.send_c_get(ident, GET))
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -365,12 +370,7 @@ class DimseSource(QueryLookups, Source):
         try:
             assoc = self._associate(ae, f"C-MOVE {what}")
             try:
-                for status, _ in assoc.send_c_move(ident, self.move_aet, MOVE):
-                    if not status or "Status" not in status:
-                        final = None
-                        break
-                    if status.Status not in PENDING:
-                        final = status
+                final = _final_status(assoc.send_c_move(ident, self.move_aet, MOVE))
             finally:
                 if assoc.is_established:
                     assoc.release()
