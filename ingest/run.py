@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -579,6 +579,7 @@ class UpdateRun:
         to_put = []
         for plan, store_plan, files, got in items:
             if self.store.needs_files and not files:
+                self._record_integrity(plan, got, None)
                 self._failed(plan, "retrieve", RtlakeError(
                     f"study {plan.study.study_uid}: source {self.source.name} delivered no files"))
                 self.progress.advance(task)
@@ -612,11 +613,45 @@ class UpdateRun:
                          "AND state <> 'failed'", [self.run_id, uid])
         self.summary.counts["failed"] += 1
 
+    def _record_integrity(self, plan: SessionPlan, got: RetrievedStudy | None, res: StoredSession | None) -> int:
+        """Damaged files the source refused and conflicting duplicates: failure rows (+ `conflicts`).
+
+        Returns how many there were; any makes the study incomplete (retried next run).
+        """
+        from . import conflicts as cf_
+
+        uid = plan.study.study_uid
+        refused = got.refused if got is not None else []
+        found = (got.conflicts if got is not None else []) + (res.conflicts if res is not None else [])
+        for r in refused:
+            self.fail("retrieve", r.target, r.reason, uid, hospital_id=plan.hospital_id or None)
+        named = [replace(c, source_a=self._origin(c.source_a, c.sop_uid, c.study_uid_a),
+                         source_b=self._origin(c.source_b, c.sop_uid, c.study_uid_b)) for c in found]
+        for c in named:
+            self.fail("store", c.source_b, c.reason, uid, hospital_id=plan.hospital_id or None)
+        cf_.record(self.cat, self.run_id, named)
+        return len(refused) + len(named)
+
+    def _origin(self, where: str, sop: str, study: str) -> str:
+        """A conflict source as a person can find it: scratch copies are named by the PACS instance."""
+        scratch = self.cfg.state_dir / "scratch"
+        if where and Path(where).is_relative_to(scratch):
+            return f"{self.source.name}: SOPInstanceUID {sop} of study {study}"
+        return where
+
     def _stored(self, plan: SessionPlan, res: StoredSession, got: RetrievedStudy | None) -> None:
         uid = plan.study.study_uid
         for target, reason in res.problems:
             self.fail("store", target, reason, uid)
-        partial = got is not None and got.partial
+        damaged = self._record_integrity(plan, got, res)
+        if not res.files:  # every file was refused or in conflict: nothing to call stored
+            self._failed(plan, "store", RtlakeError(f"study {uid}: nothing stored ({damaged} damaged or "
+                                                    "conflicting files, listed separately)"))
+            return
+        from .conflicts import resolve_stored
+
+        resolve_stored(self.cat, self.run_id, {f.sop_uid for f in res.files})
+        partial = (got is not None and got.partial) or damaged > 0
         with self.cat.transaction() as con:
             # subject/label stay as planned (identifiable) even when the store holds a pseudonymised copy:
             # a later re-ingest must start from the original names, and `location` says where the copy is.
@@ -631,7 +666,12 @@ class UpdateRun:
             else:
                 con.execute("UPDATE studies_seen SET state='ingested', updated_run=? WHERE study_uid=? "
                             "AND state <> 'ingested'", [self.run_id, uid])
-        if partial:
+        if partial and damaged:
+            self.fail("retrieve", uid, f"incomplete: {len(res.files)} instances stored; {damaged} damaged or "
+                                       "conflicting files (listed separately); will retry", uid,
+                      hospital_id=plan.hospital_id or None)
+            self.summary.counts["failed"] += 1
+        elif partial:
             self.fail("retrieve", uid, f"partial transfer: received {len(got.files)} of {got.expected} instances; "
                                        "stored what arrived, will retry", uid, hospital_id=plan.hospital_id or None)
             self.summary.counts["failed"] += 1
@@ -814,6 +854,9 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         run.store = open_store(cfg)
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
+    from .conflicts import stored_instances
+
+    run.store.stored_instances = lambda sops: stored_instances(run.cat, sops)  # issue 19: never first-wins
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
     try:
         alive = run.load_patients()
