@@ -68,6 +68,36 @@ def conflict_id(c: Conflict) -> str:
                                      c.sha256_b)).encode("utf-8", "backslashreplace")).hexdigest()[:20]
 
 
+def against_stored(conflicts: list[Conflict], lookup) -> list[Conflict]:
+    """Re-state `neither_stored` conflicts whose instance is in fact stored already (from a run before
+    the second version appeared): the stored version stays, and each version that differs from it
+    is a `kept_stored` conflict against the stored location.
+
+    `lookup` is `Store.stored_instances` (None: nothing known, the conflicts stay as they are).
+    """
+    if lookup is None or not any(c.resolution == "neither_stored" for c in conflicts):
+        return conflicts
+    stored = lookup({c.sop_uid for c in conflicts if c.resolution == "neither_stored"})
+    out: list[Conflict] = []
+    seen: set[tuple[str, str]] = set()
+    for c in conflicts:
+        where = stored.get(c.sop_uid) if c.resolution == "neither_stored" else None
+        if where is None:
+            out.append(c)
+            continue
+        study, location = where
+        try:
+            kept = sha256(Path(location))
+        except OSError:  # a store that is not a file system (Orthanc, XNAT): compare nothing
+            kept = ""
+        for src, src_study, digest in ((c.source_a, c.study_uid_a, c.sha256_a), (c.source_b, c.study_uid_b, c.sha256_b)):
+            if digest and digest == kept or (c.sop_uid, src) in seen:
+                continue
+            seen.add((c.sop_uid, src))
+            out.append(Conflict(c.sop_uid, c.study_uid, "kept_stored", location, src, study, src_study, kept, digest))
+    return out
+
+
 # -- catalog ---------------------------------------------------------------------------------------
 def stored_instances(cat, sops: Iterable[str]) -> dict[str, tuple[str, str]]:
     """SOPInstanceUID -> (study UID, path or URL) for those of `sops` the catalog lists as stored."""

@@ -622,7 +622,8 @@ class UpdateRun:
 
         uid = plan.study.study_uid
         refused = got.refused if got is not None else []
-        found = (got.conflicts if got is not None else []) + (res.conflicts if res is not None else [])
+        found = cf_.against_stored((got.conflicts if got is not None else []), self.store.stored_instances) + \
+            (res.conflicts if res is not None else [])
         for r in refused:
             self.fail("retrieve", r.target, r.reason, uid, hospital_id=plan.hospital_id or None)
         named = [replace(c, source_a=self._origin(c.source_a, c.sop_uid, c.study_uid_a),

@@ -1,0 +1,243 @@
+"""Damaged DICOM beside good files, through a folder PACS and through the real Orthanc (issue #19).
+
+The corpus (tests/damaged_corpus.py) is the synthetic cohort plus a seeded copy of each kind of
+damage real files show: cut at random offsets or inside the Pixel Data, flipped header bytes,
+zeroed or garbage preambles, unknown or lying transfer syntaxes, broken encapsulated fragments,
+exact duplicates, and valid files with other content under an existing SOPInstanceUID, in the same
+study or another one. What must hold, from the rules (ingest/validate.py, ingest/conflicts.py):
+
+  * `rtlake update` ends `partial` (exit 3), without a traceback, every time the damage is there;
+  * every good file of the studies a run ingests arrives byte-identical (except instances with a
+    valid different twin, which follow the conflict rule), and no damaged file is in the lake;
+  * each damaged file is a failure row naming it and the check that failed;
+  * conflicts are recorded with both sources; a stored good file is never replaced;
+  * a second run changes nothing.
+
+Orthanc refuses some damaged files at upload; what it accepts is what it serves. The damaged files
+are uploaded before the good ones, so a damaged copy Orthanc accepts under an instance's identity
+is the version it serves (the good one is then "AlreadyStored" and never served).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ingest.catalog import Catalog
+from ingest.config import load_config
+from tests.damaged_corpus import Corpus, Damaged, make_corpus
+from tests.fixtures.reliability import record_result
+
+CHECK = re.compile(r"damaged DICOM \((\w+)\)")
+
+
+def sha(p: Path | str) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def lake_files(lake: Path) -> dict[str, str]:
+    """relative path -> sha256 of every DICOM file in the lake."""
+    return {str(p.relative_to(lake)): sha(p) for p in sorted(lake.rglob("*.dcm"))}
+
+
+def stored_as(after: dict[str, str], sop: str) -> list[str]:
+    """Lake paths holding instance `sop` (files are named by safe(SOPInstanceUID))."""
+    from ingest.naming import safe
+
+    return [p for p in after if Path(p).stem == safe(sop)]
+
+
+def invoke(*args: str):
+    """`rtlake ...` in this process; returns (exit code, output with any traceback)."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+
+    res = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    out = res.output
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        out += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(res.exception))
+    return res.exit_code, out
+
+
+def catalog_state(cfg) -> dict:
+    """What a second run must leave as it was (run ids and clocks left out)."""
+    cat = Catalog(cfg.catalog_path, read_only=True)
+    try:
+        return {
+            "files": cat.execute("SELECT sop_uid, study_uid, series_uid, path, size FROM files ORDER BY ALL").fetchall(),
+            "sessions": cat.execute("SELECT study_uid, subject, label, state, location, n_files FROM sessions "
+                                    "ORDER BY ALL").fetchall(),
+            "studies": cat.execute("SELECT study_uid, decision, state FROM studies_seen ORDER BY ALL").fetchall(),
+            "failures": cat.execute("SELECT failure_id, stage, target, reason, resolved_run IS NULL FROM failures "
+                                    "ORDER BY ALL").fetchall(),
+            "conflicts": cat.execute("SELECT conflict_id, sop_uid, resolution, source_a, source_b, sha256_a, "
+                                     "sha256_b, resolved_run IS NULL FROM conflicts ORDER BY ALL").fetchall(),
+        }
+    finally:
+        cat.close()
+
+
+def failures(cfg) -> list[dict]:
+    cat = Catalog(cfg.catalog_path, read_only=True)
+    try:
+        return cat.query_dicts("SELECT stage, target, reason, study_uid FROM failures WHERE resolved_run IS NULL")
+    finally:
+        cat.close()
+
+
+def conflicts(cfg) -> list[dict]:
+    cat = Catalog(cfg.catalog_path, read_only=True)
+    try:
+        return cat.query_dicts("SELECT * FROM conflicts")
+    finally:
+        cat.close()
+
+
+def figures(corpus: Corpus, cfg, served: list[Damaged] | None = None) -> dict:
+    fails = failures(cfg)
+    refused = Counter(m.group(1) for f in fails for m in [CHECK.search(f["reason"])] if m)
+    tried = corpus.damaged if served is None else served
+    return {"good files": len(corpus.ingested_good), "damaged files tried": len(tried),
+            "stored good": None, "refused with reason": dict(sorted(refused.items())),
+            "conflicts recorded": len(conflicts(cfg)), "crashes": 0}
+
+
+# -- folder PACS -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged-folder") / "demo"
+    corpus = make_corpus(root, n_patients=5, seed=19)
+    cfg = load_config(corpus.demo.config)
+    code1, out1 = invoke("update", "-c", str(corpus.demo.config), "--no-progress")
+    lake = Path(cfg.store.lake.path)
+    after1, state1 = lake_files(lake), catalog_state(cfg)
+    code2, out2 = invoke("update", "-c", str(corpus.demo.config), "--no-progress")
+    return {"corpus": corpus, "cfg": cfg, "lake": lake, "runs": [(code1, out1), (code2, out2)],
+            "after1": after1, "state1": state1, "after2": lake_files(lake), "state2": catalog_state(cfg)}
+
+
+def test_folder_runs_end_partial_without_a_traceback(folder_runs):
+    for code, out in folder_runs["runs"]:
+        assert "Traceback" not in out, out[-3000:]
+        assert code == 3, out[-3000:]
+        assert "PARTIAL" in out
+
+
+def test_folder_every_good_file_arrives_byte_identical(folder_runs):
+    corpus: Corpus = folder_runs["corpus"]
+    in_lake = set(folder_runs["after1"].values())
+    twinned = {d.original for d in corpus.damaged if d.expect == "conflict"}
+    missing = [f for f in corpus.ingested_good if f not in twinned and sha(f) not in in_lake]
+    assert not missing, f"{len(missing)} good files not in the lake byte-identical, e.g. {missing[:3]}"
+    # one file per instance: nothing stored twice, nothing extra
+    sops = [Path(p).stem for p in folder_runs["after1"]]
+    assert len(sops) == len(set(sops))
+
+
+def test_folder_no_damaged_file_in_the_lake(folder_runs):
+    corpus: Corpus = folder_runs["corpus"]
+    in_lake = set(folder_runs["after1"].values())
+    damaged = [d for d in corpus.damaged if d.expect not in ("duplicate", "conflict")]
+    assert damaged
+    leaked = [d.kind for d in damaged if sha(d.path) in in_lake]
+    assert not leaked, leaked
+
+
+def test_folder_each_damaged_file_is_a_failure_naming_it_and_the_check(folder_runs):
+    fails = failures(folder_runs["cfg"])
+    by_target = {f["target"]: f for f in fails if f["stage"] == "index"}
+    wrong = []
+    for d in folder_runs["corpus"].damaged:
+        if d.expect in ("duplicate", "conflict"):
+            continue
+        f = by_target.get(str(d.path))
+        got = CHECK.search(f["reason"]).group(1) if f and CHECK.search(f["reason"]) else None
+        if got != d.expect:
+            wrong.append((d.kind, d.expect, f and f["reason"]))
+    assert not wrong, wrong
+    # and nothing good is named as damaged
+    good = {str(p) for p in folder_runs["corpus"].good}
+    assert not [f for f in fails if f["target"] in good and CHECK.search(f["reason"])]
+
+
+def test_folder_exact_duplicates_are_one_instance_and_no_failure(folder_runs):
+    dups = [d for d in folder_runs["corpus"].damaged if d.expect == "duplicate"]
+    assert dups
+    fails = failures(folder_runs["cfg"])
+    for d in dups:
+        assert not [f for f in fails if str(d.path) in f["target"] or str(d.path) in f["reason"]]
+        stored = stored_as(folder_runs["after1"], d.sop_uid)
+        assert len(stored) == 1 and folder_runs["after1"][stored[0]] == sha(d.original)
+
+
+def test_folder_conflicts_are_recorded_with_both_sources_and_never_first_wins(folder_runs):
+    corpus, cfg, lake = folder_runs["corpus"], folder_runs["cfg"], folder_runs["lake"]
+    rows = conflicts(cfg)
+    for d in (d for d in corpus.damaged if d.expect == "conflict"):
+        mine = [r for r in rows if r["sop_uid"] == d.sop_uid]
+        assert len(mine) == 1, (d.kind, mine)
+        c = mine[0]
+        stored = stored_as(folder_runs["after1"], d.sop_uid)
+        if d.kind == "conflict_same_study":
+            # two valid versions in one study's delivery: neither is stored, both are named
+            assert c["resolution"] == "neither_stored"
+            assert {c["source_a"], c["source_b"]} == {str(d.original), str(d.path)}
+            assert stored == []
+        else:
+            # different studies: the version stored first stays, the other is named beside it
+            assert c["resolution"] == "kept_stored"
+            assert len(stored) == 1
+            kept = folder_runs["after1"][stored[0]]
+            assert c["source_a"] == str(lake / stored[0])
+            assert c["source_b"] in (str(d.original), str(d.path))
+            other = d.original if c["source_b"] == str(d.original) else d.path
+            assert kept == sha(d.path if other == d.original else d.original)
+            assert {c["sha256_a"], c["sha256_b"]} == {sha(d.original), sha(d.path)}
+        named = [f for f in failures(cfg) if f["stage"] == "store" and "conflicting duplicate" in f["reason"]
+                 and d.sop_uid in f["reason"]]
+        assert named
+
+
+def test_folder_second_run_changes_nothing(folder_runs):
+    assert folder_runs["after2"] == folder_runs["after1"]
+    assert folder_runs["state2"] == folder_runs["state1"]
+    record_result("damaged_folder", figures(folder_runs["corpus"], folder_runs["cfg"]) |
+                  {"stored good": len(folder_runs["after1"])})
+
+
+def test_a_stored_good_file_is_never_replaced_by_a_valid_different_copy(tmp_path):
+    """Good cohort first; then valid copies with other content under stored SOPInstanceUIDs arrive."""
+    import shutil
+
+    from tests.damaged_corpus import _Maker
+
+    root = tmp_path / "demo"
+    corpus = make_corpus(root, n_patients=3, seed=5)
+    # start from the good cohort only
+    for d in corpus.damaged:
+        d.path.unlink()
+    cfg = load_config(corpus.demo.config)
+    assert invoke("update", "-c", str(corpus.demo.config), "--no-progress")[0] in (0, 3)
+    lake = Path(cfg.store.lake.path)
+    before = lake_files(lake)
+    m = _Maker(corpus.demo, 23)
+    m.rle_files = set(corpus.extra_good)
+    m.conflict_same_study()
+    m.conflict_other_study()
+    code, out = invoke("update", "-c", str(corpus.demo.config), "--no-progress", "--full")
+    assert "Traceback" not in out and code == 3, out[-2000:]
+    assert lake_files(lake) == before  # nothing replaced, nothing added
+    rows = {r["sop_uid"]: r for r in conflicts(cfg)}
+    for d in m.out:
+        assert rows[d.sop_uid]["resolution"] == "kept_stored"
+        assert rows[d.sop_uid]["source_b"] == str(d.path)
+        assert rows[d.sop_uid]["sha256_b"] == sha(d.path)
+    shutil.rmtree(root)
