@@ -34,6 +34,8 @@ from tests.damaged_corpus import Corpus, Damaged, make_corpus
 from tests.fixtures.reliability import record_result
 
 CHECK = re.compile(r"damaged DICOM \((\w+)\)")
+CHECK_NAMES = ("preamble", "file_meta", "transfer_syntax", "encoding", "truncated", "parse", "uid", "pixel_data",
+               "fragments")
 
 
 def sha(p: Path | str) -> str:
@@ -241,3 +243,110 @@ def test_a_stored_good_file_is_never_replaced_by_a_valid_different_copy(tmp_path
         assert rows[d.sop_uid]["source_b"] == str(d.path)
         assert rows[d.sop_uid]["sha256_b"] == sha(d.path)
     shutil.rmtree(root)
+
+
+# -- the real Orthanc -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def orthanc_runs(tmp_path_factory):
+    from tests.fixtures.pacs import run_with_source
+    from tests.servers.orthanc import orthanc_available, start_orthanc, stop_and_remove
+
+    missing = orthanc_available()
+    if missing:
+        pytest.skip(f"!!! PACS TESTS SKIPPED: {missing}")
+    base = tmp_path_factory.mktemp("damaged-orthanc")
+    corpus = make_corpus(base / "demo", n_patients=5, seed=29)
+    srv = start_orthanc(base / "orthanc")
+    try:
+        # damaged first: a damaged copy Orthanc accepts under an instance's identity is what it serves
+        served: dict[str, Path] = {}  # Orthanc instance ID -> the file it holds
+        status: dict[Path, str] = {}
+        for p in [d.path for d in corpus.damaged] + corpus.good:
+            r = srv.http.post(f"{srv.url}/instances", data=p.read_bytes(), timeout=60)
+            if r.status_code >= 400:
+                status[p] = f"HTTP {r.status_code}"
+                continue
+            answer = r.json()
+            status[p] = answer["Status"]
+            served.setdefault(answer["ID"], p)
+        runs = []
+        for _ in range(2):
+            state, summary = run_with_source("orthanc", corpus.demo, srv, base)
+            cfg = load_config(corpus.demo.config, {"project.state_dir": str(state / "state")})
+            lake = state / "lake"
+            runs.append({"summary": summary, "after": lake_files(lake), "state": catalog_state(cfg)})
+        yield {"corpus": corpus, "served": set(served.values()), "status": status, "cfg": cfg, "lake": lake,
+               "runs": runs}
+    finally:
+        stop_and_remove(srv)
+
+
+def _served(o, kinds=None) -> list[Damaged]:
+    return [d for d in o["corpus"].damaged if d.path in o["served"] and (kinds is None or d.expect in kinds)]
+
+
+def test_orthanc_refuses_some_damage_and_serves_the_rest(orthanc_runs):
+    status = orthanc_runs["status"]
+    got = {d.kind: status[d.path] for d in orthanc_runs["corpus"].damaged}
+    # Orthanc's own parser (DCMTK) refuses what it cannot read at all; the rest it stores as it is
+    assert got["zeroed_head"].startswith("HTTP 4") and got["truncated_in_pixels"].startswith("HTTP 4")
+    assert got["flip_uid_SOPInstanceUID"] == "Success"
+    checks = {d.expect for d in _served(orthanc_runs)} - {"duplicate", "conflict"}
+    assert len(checks) >= 4, checks  # enough kinds of damage get through to test the REST path
+
+
+def test_orthanc_runs_end_partial(orthanc_runs):
+    for run in orthanc_runs["runs"]:
+        assert run["summary"].status == "partial" and run["summary"].exit_code == 3, run["summary"].message
+
+
+def test_orthanc_every_served_good_file_arrives_byte_identical(orthanc_runs):
+    corpus, served = orthanc_runs["corpus"], orthanc_runs["served"]
+    in_lake = set(orthanc_runs["runs"][0]["after"].values())
+    twinned = {x for d in corpus.damaged if d.expect == "conflict" and d.path in served for x in (d.path, d.original)}
+    good = [f for f in corpus.ingested_good if f in served and f not in twinned]
+    assert len(good) > 30
+    missing = [f for f in good if sha(f) not in in_lake]
+    assert not missing, f"{len(missing)} good files Orthanc serves are not in the lake byte-identical: {missing[:3]}"
+    # the valid copies Orthanc serves as an instance's only version are stored as they are
+    for d in _served(orthanc_runs, {"duplicate", "conflict"}):
+        if d.original not in served:
+            assert sha(d.path) in in_lake, d.kind
+
+
+def test_orthanc_no_damaged_file_in_the_lake(orthanc_runs):
+    in_lake = set(orthanc_runs["runs"][0]["after"].values())
+    damaged = _served(orthanc_runs, set(CHECK_NAMES))
+    assert damaged
+    assert not [d.kind for d in damaged if sha(d.path) in in_lake]
+
+
+def test_orthanc_each_served_damaged_file_is_a_failure_naming_the_instance_and_check(orthanc_runs):
+    from ingest.validate import show
+
+    fails = failures(orthanc_runs["cfg"])
+    wrong = []
+    for d in _served(orthanc_runs, set(CHECK_NAMES)):
+        named = [f for f in fails if (f["target"] == d.study_uid or (d.sop_uid and show(d.sop_uid) in f["target"]))
+                 and CHECK.search(f["reason"]) and CHECK.search(f["reason"]).group(1) == d.expect]
+        if not named:
+            wrong.append((d.kind, d.expect, [f["reason"] for f in fails if d.sop_uid and d.sop_uid in f["target"]]))
+    assert not wrong, wrong
+
+
+def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs):
+    corpus, served = orthanc_runs["corpus"], orthanc_runs["served"]
+    rows = conflicts(orthanc_runs["cfg"])
+    after = orthanc_runs["runs"][0]["after"]
+    for d in _served(orthanc_runs, {"conflict"}):
+        if d.original not in served:
+            continue  # Orthanc holds one version only: no conflict reaches rtlake
+        mine = [r for r in rows if r["sop_uid"] == d.sop_uid]
+        assert len(mine) == 1 and mine[0]["resolution"] == "kept_stored", mine
+        assert {mine[0]["sha256_a"], mine[0]["sha256_b"]} == {sha(d.original), sha(d.path)}
+        assert len(stored_as(after, d.sop_uid)) == 1
+    first, second = orthanc_runs["runs"]
+    assert second["after"] == first["after"]
+    assert second["state"] == first["state"]
+    record_result("damaged_orthanc", figures(corpus, orthanc_runs["cfg"], _served(orthanc_runs)) |
+                  {"damaged files uploaded": len(corpus.damaged), "stored good": len(first["after"])})
