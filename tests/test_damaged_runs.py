@@ -256,7 +256,7 @@ def orthanc_runs(tmp_path_factory):
         pytest.skip(f"!!! PACS TESTS SKIPPED: {missing}")
     base = tmp_path_factory.mktemp("damaged-orthanc")
     corpus = make_corpus(base / "demo", n_patients=5, seed=29)
-    srv = start_orthanc(base / "orthanc")
+    srv = start_orthanc(base / "orthanc-server")
     try:
         # damaged first: a damaged copy Orthanc accepts under an instance's identity is what it serves
         served: dict[str, Path] = {}  # Orthanc instance ID -> the file it holds
@@ -275,8 +275,13 @@ def orthanc_runs(tmp_path_factory):
             cfg = load_config(corpus.demo.config, {"project.state_dir": str(state / "state")})
             lake = state / "lake"
             runs.append({"summary": summary, "after": lake_files(lake), "state": catalog_state(cfg)})
+        # the same PACS over DIMSE C-GET: Orthanc re-encodes what it sends (DCMTK), so what arrives is
+        # whatever its encoder makes of each damaged file
+        dstate, dsummary = run_with_source("dimse-get", corpus.demo, srv, base)
+        dimse = {"summary": dsummary, "lake": dstate / "lake",
+                 "cfg": load_config(corpus.demo.config, {"project.state_dir": str(dstate / "state")})}
         yield {"corpus": corpus, "served": set(served.values()), "status": status, "cfg": cfg, "lake": lake,
-               "runs": runs}
+               "runs": runs, "dimse": dimse}
     finally:
         stop_and_remove(srv)
 
@@ -350,3 +355,17 @@ def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs)
     assert second["state"] == first["state"]
     record_result("damaged_orthanc", figures(corpus, orthanc_runs["cfg"], _served(orthanc_runs)) |
                   {"damaged files uploaded": len(corpus.damaged), "stored good": len(first["after"])})
+
+
+def test_orthanc_over_dimse_c_get_stores_only_whole_instances(orthanc_runs):
+    from ingest.validate import validate_file
+
+    d = orthanc_runs["dimse"]
+    assert d["summary"].status == "partial", d["summary"].message
+    stored = sorted(d["lake"].rglob("*.dcm"))
+    assert len(stored) > 30
+    assert [str(p) for p in stored if not validate_file(p).ok] == []
+    fails = failures(d["cfg"])
+    refused = [f for f in fails if CHECK.search(f["reason"])]
+    assert refused, "Orthanc sends some of the damaged instances it accepted; they must be refused, by check"
+    assert {CHECK.search(f["reason"]).group(1) for f in refused} <= set(CHECK_NAMES)

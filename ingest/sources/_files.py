@@ -119,8 +119,8 @@ class ReceivedStudy:
             target = f"{self.pacs}: SOPInstanceUID {show(v.sop_uid)} of study {self.study_uid}"
         else:
             target = f"{self.pacs}: {what} (#{n} of this pull)"
-        with self._lock:
-            self._refused.setdefault(target, Refusal(target, v.check or "", v.reason, v.sop_uid))
+        with self._lock:  # a repeat (the same file fetched again one by one) is one refusal
+            self._refused.setdefault(f"{target}\x00{v.reason}", Refusal(target, v.check or "", v.reason, v.sop_uid))
 
     def _check(self, v: Verdict, what: str) -> str:
         if v.study_uid != self.study_uid:

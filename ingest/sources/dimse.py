@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import StoragePresentationContexts, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
     StudyRootQueryRetrieveInformationModelGet as GET,
@@ -73,7 +73,10 @@ class _MoveRouter:
         self.lock = threading.Lock()
         ae = NodelayAE(ae_title, nodelay, idle_timeout=idle_timeout)
         ae.network_timeout = idle_timeout
-        ae.supported_contexts = StoragePresentationContexts
+        # every transfer syntax, compressed ones too: the lake stores what the PACS holds, as it is,
+        # and each instance is validated on arrival whatever its encoding
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = 0
         self.server = ae.start_server(("127.0.0.1" if port == 0 else "", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
