@@ -21,7 +21,7 @@ import pydicom
 from .. import failpoints
 from ..atomic import copy_file, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
-from ..conflicts import same_instance, sha256
+from ..conflicts import against_stored, same_instance, sha256
 from ..naming import safe
 from ..records import Conflict, SessionPlan, StoredFile, StoredScan, StoredSession
 from ..validate import show, validate_file
@@ -132,7 +132,7 @@ class LakeStore(Store):
             headers.append((f, verdict.sop_uid, verdict.series_uid, str(ds.get("SeriesNumber", "") or ""),
                             str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")))
         headers, held = _one_version_each(headers, uid)
-        conflicts += held
+        conflicts += against_stored(held, self.stored_instances)
         elsewhere = self.stored_instances({h[1] for h in headers}) if self.stored_instances else {}
         keep = []
         for h in headers:
