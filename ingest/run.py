@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from criteria.normalise import normalise
+from reporting.sanitise import terminal
 from criteria.review import effective_lists
 
 from .catalog import Catalog
@@ -164,9 +165,11 @@ class UpdateRun:
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.warning("%s %s: %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
+                        terminal(reason))
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.debug("%s %s (again): %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
+                      terminal(reason))
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:

@@ -9,7 +9,6 @@ in detail. No external CSS, scripts or images, so it can be mailed or archived a
 from __future__ import annotations
 
 import datetime as dt
-import html
 import io
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from ingest.records import primary_modality  # noqa: E402
 from .failures import STATUSES  # noqa: E402
 from .master import sheet_modality  # noqa: E402
 from .rates import RunRate  # noqa: E402
+from .sanitise import html_text as esc  # noqa: E402
 
 #: Session types whose failures are most worth a manual pull (the SOP singles out PET-CT).
 PULL_MODALITIES = ("PET", "NM")
@@ -101,13 +101,13 @@ def _plot_rates(rates: Sequence[RunRate]) -> str | None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
-    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for v in row:
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             text = "" if v is None else (v.isoformat() if isinstance(v, dt.date) else str(v))
-            cells.append(f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>")
+            cells.append(f'<td class="num">{esc(text)}</td>' if num else f"<td>{esc(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -122,15 +122,15 @@ def render_report(
     run_id: str = "",
 ) -> str:
     """The HTML text. `failures` are failure_history rows without placeholders."""
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>{html.escape(title)}</h1>")
-    parts.append(f"<p>Run <code>{html.escape(run_id)}</code>, built {dt.datetime.now():%Y-%m-%d %H:%M}. "
+    parts.append(f"<h1>{esc(title)}</h1>")
+    parts.append(f"<p>Run <code>{esc(run_id)}</code>, built {dt.datetime.now():%Y-%m-%d %H:%M}. "
                  f"{len(failures)} failed studies on record (scheduled-date placeholders left out).</p>")
 
     parts.append("<h2 id='warnings'>Failure rate check</h2>")
     if warnings:
-        parts.extend(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in warnings)
+        parts.extend(f"<div class='warn'>⚠ {esc(w)}</div>" for w in warnings)
     else:
         parts.append("<div class='ok'>No run is out of line with the historic baseline.</div>")
 
@@ -176,7 +176,7 @@ def render_report(
 
     if problems:
         parts.append("<h2 id='problems'>Input problems</h2><ul>")
-        parts.extend(f"<li>{html.escape(p)}</li>" for p in problems)
+        parts.extend(f"<li>{esc(p)}</li>" for p in problems)
         parts.append("</ul>")
     parts.append("</body></html>")
     return "".join(parts)
