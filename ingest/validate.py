@@ -429,7 +429,9 @@ def _check_native(level: _Level, little: bool) -> None:
     frames = _frames(level)
     want = _native_length(rows, cols, samples, bits, photometric, frames)
     padded = want + (want & 1)
-    if length != padded:
+    # an odd byte count is padded to even (PS3.5 7.1.1); the unpadded odd length some writers leave
+    # still holds every pixel, so it is whole
+    if length != padded and not (want & 1 and length == want):
         raise _Bad("pixel_data", f"Pixel Data has {length} bytes; Rows {rows} x Columns {cols} x SamplesPerPixel "
                                  f"{samples} x {frames} frame(s) at {bits} bits needs {padded}")
 
@@ -538,6 +540,8 @@ def _meta(buf) -> tuple[int, dict[int, bytes]]:
             raise _Bad("truncated", f"file meta element (0002,{elem:04X}) runs past the end of the file")
         values[elem] = bytes(buf[start:start + length])
         pos = start + length
+    if pos + 8 > end:
+        raise _Bad("truncated", "the file ends in or right after the file meta group (no data set)")
     for elem, name in ((0x0010, "TransferSyntaxUID"), (0x0002, "MediaStorageSOPClassUID"),
                        (0x0003, "MediaStorageSOPInstanceUID")):
         if elem not in values:
