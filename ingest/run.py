@@ -112,7 +112,7 @@ class RunSummary:
             for stage, reason, n in self.failure_groups:
                 t.add_row(stage, reason, str(n))
             console.print(t)
-            console.print("see them: rtlake failures list --open  ·  rtlake status", soft_wrap=True)
+            console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
             console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
         for p in self.outputs:
