@@ -186,3 +186,32 @@ def test_status_shows_lake_runs_failures_and_review(fresh_demo):
     assert f"review queue: {review} descriptions" in r.stdout
     assert "partial" in r.stdout  # the last run's outcome
     assert "open failures: 2" in r.stdout and "index" in r.stdout  # the demo's two broken files
+
+
+def test_everything_created_is_owner_only_and_the_outbox_can_be_shared(fresh_demo):
+    """Catalog, lake and outbox name patients: files 0600, folders 0700; `[security] outbox_group` opens the
+    outbox (only) to one group. `rtlake check` warns about anything looser."""
+    import grp
+    import stat
+
+    cfg = Path(fresh_demo.config)
+    assert _run("update", "-c", str(cfg), "--no-progress").returncode == 3
+    root = fresh_demo.root
+    made = [p for d in ("state", "lake", "outbox") for p in [root / d, *(root / d).rglob("*")]]
+    assert len(made) > 100
+    loose = [(str(p.relative_to(root)), oct(stat.S_IMODE(p.stat().st_mode))) for p in made
+             if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    assert loose == []
+    c = _run("check", "-c", str(cfg))
+    assert "warn" not in c.stdout and "owner-only" in c.stdout
+    group = grp.getgrgid(os.getgid()).gr_name
+    cfg.write_text(cfg.read_text() + f'\n[security]\noutbox_group = "{group}"\noutbox_mode = "0640"\n')
+    assert _run("report", "-c", str(cfg)).returncode == 0
+    outbox = root / "outbox"
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o750
+    for f in outbox.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640 and f.stat().st_gid == os.getgid(), f
+    assert not any(stat.S_IMODE(p.stat().st_mode) & 0o077 for p in (root / "lake").rglob("*"))
+    (root / "lake").chmod(0o755)
+    c = _run("check", "-c", str(cfg))
+    assert "warn" in c.stdout and "chmod -R go-rwx" in c.stdout and c.returncode == 0
