@@ -810,6 +810,8 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                 except RunFailed as exc:
                     summary.status, summary.message = "failed", str(exc)
                     log.error("run failed: %s", exc)
+                    # kept like every other failure (and cleared by the next run that gets past this point)
+                    run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
@@ -846,6 +848,7 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
+    run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
     try:
         alive = run.load_patients()
     except RtlakeError as exc:
