@@ -21,10 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ingest.atomic import write_text  # noqa: E402
-from ingest.records import primary_modality  # noqa: E402
 
 from .failures import STATUSES  # noqa: E402
-from .master import sheet_modality  # noqa: E402
+from .master import failure_modality  # noqa: E402,F401 - re-exported
 from .rates import RunRate  # noqa: E402
 
 #: Session types whose failures are most worth a manual pull (the SOP singles out PET-CT).
@@ -41,11 +40,6 @@ th{background:#f0f0f0} td.num{text-align:right}
 .ok{background:#e8f5e9;border:1px solid #7cb342;padding:.6em 1em}
 .plot svg{max-width:100%;height:auto}
 """
-
-
-def failure_modality(row: dict) -> str:
-    mods = [m for m in (row.get("modalities") or "").split("\\") if m]
-    return sheet_modality(primary_modality(mods)) if mods else "unknown"
 
 
 def worth_manual_pull(row: dict) -> bool:
