@@ -28,6 +28,7 @@ from ingest.patients import InputProblem
 
 from .dates import parse_date
 from .failures import STATUS_BOTH, STATUS_NO_STUDY_ID, STATUS_NO_UID, FailureRecord, parse_failure_file
+from .master import sheet_modality
 from .nhs import NhsMapping
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def import_failure_file(
                 "INSERT INTO failure_sightings VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [key, result.import_id, run_id, str(path), rec.source_line],
             )
-        result.attempted = {str(k).upper() if k != "*" else "*": int(v) for k, v in (attempted or {}).items()}
+        result.attempted = {k if k == "*" else sheet_modality(k): int(v) for k, v in (attempted or {}).items()}
         result.batch_run = batch_run
         if batch_run is None and not result.attempted:
             result.batch_run, matched = _infer_batch(con, parsed.records)
