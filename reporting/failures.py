@@ -274,7 +274,7 @@ def _grid_row(row: GridRow, where: str) -> ParseResult | None:
             n = sum(len(c) for c in kv_cells)
             out.problems.append(InputProblem(
                 where, row.first_line,
-                f"line {row.first_line}: {len(kv_cells)} key/value cells ({n} characters) name no study "
+                f"{len(kv_cells)} key/value cells ({n} characters) name no study "
                 "(no accessionNumber, studyId or studyInstanceUid); skipped"))
     for text, line in other:
         out.problems.append(InputProblem(where, line, _fragment_message(line, line, len(text))))
@@ -301,8 +301,9 @@ _TRIM = " \t\r\n\f\v\ufeff\u00a0\"'"
 
 
 def _fragment_message(first: int, last: int, n_chars: int, detail: str = "") -> str:
-    span = f"lines {first}-{last}" if last > first else f"line {first}"
-    return f"{span}: {n_chars} characters that are not a failure record{detail}; skipped"
+    """The problem text; the problem's own line is `first`, so only a longer span is spelled out."""
+    span = f"lines {first}-{last}: " if last > first else ""
+    return f"{span}{n_chars} characters that are not a failure record{detail}; skipped"
 
 
 def _scan(text: str, where: str, line_offset: int, result: ParseResult) -> None:

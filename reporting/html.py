@@ -212,7 +212,8 @@ def render_report(
          "Category", "Note", "First seen", "Last seen", "Source"],
         [[r.get("subject"), r.get("study_date"), r.get("accession"), r.get("study_id"), r.get("study_uid"),
           failure_modality(r), r.get("description"), r.get("status"), r.get("category"), r.get("category_note"),
-          r.get("first_seen_run"), r.get("last_seen_run"), f"{r.get('source_file') or ''}:{r.get('source_line') or ''}"]
+          r.get("first_seen_run"), r.get("last_seen_run"),
+          r.get("_sources") or f"{r.get('source_file') or ''}:{r.get('source_line') or ''}"]
          for r in failures], "detail"))
 
     if problems:

@@ -35,7 +35,7 @@ def test_three_shapes_give_the_same_records():
     for name, r in parsed.items():
         if name == "PACs-failures.txt":  # its title line is text, not a record: reported, with its length
             assert [(x.line, x.message) for x in r.problems] == [
-                (1, "line 1: 42 characters that are not a failure record; skipped")]
+                (1, "42 characters that are not a failure record; skipped")]
         else:
             assert r.problems == [], name
     reference = [r.same_study() for r in parsed["failures_bare.json"].records]
@@ -62,7 +62,7 @@ def test_pasted_text_with_missing_commas_and_bare_keys():
     text = "{accessionNumber: 'A1'\n 'studyId': '7' studyInstanceUid: \"1.2.3\"}\n\nnoise here\n{\"accessionNumber\": \"A2\",}"
     r = parse_failure_text(text, "paste.txt")
     assert [(x.accession, x.study_id, x.study_uid) for x in r.records] == [("A1", "7", "1.2.3"), ("A2", "", "")]
-    assert [(p.line, p.message) for p in r.problems] == [(4, "line 4: 10 characters that are not a failure record; skipped")]
+    assert [(p.line, p.message) for p in r.problems] == [(4, "10 characters that are not a failure record; skipped")]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_pasted_text_with_missing_commas_and_bare_keys():
         ("bad_failures_empty.json", 0, 1, "empty"),
         ("bad_failures_whitespace.txt", 0, 1, "empty"),
         ("bad_failures_not_json.txt", 0, 1, "lines 1-2: 33 characters"),
-        ("bad_failures_csv_row_without_json.csv", 5, 7, "line 7: 11 characters that are not a failure record"),
+        ("bad_failures_csv_row_without_json.csv", 5, 7, "11 characters that are not a failure record"),
         ("bad_failures_bad_date.json", 1, 1, "studyDate"),
         ("bad_failures_unknown_keys.json", 2, None, None),
         ("bad_failures_trailing_commas.json", 2, None, None),
