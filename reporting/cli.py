@@ -234,7 +234,8 @@ def list_cmd(
     t = Table("State", "Stage", "Target", *(["Subject"] if subjects else []), "Reason", "Run", "Last seen",
               title=f"rtlake's own failures: {summary(own)}")
     for f in shown:
-        t.add_row("open" if f.open else f"resolved ({f.resolved_run})", f.stage, f.target,
+        t.add_row("open" if f.open else f"resolved ({f.resolved_run})", f.stage,
+                  f.target if subjects else f.anonymous_target(),
                   *([f.subject or ""] if subjects else []), f.reason, f.run_id, f.last_seen_run or "")
     out.print(t)
     hidden = len(own) - len(shown)

@@ -25,6 +25,8 @@ STAGE_LABELS = {
     "select": "select",
     "retrieve": "retrieve (PACS transfer)",
     "store": "store",
+    "inputs": "inputs (cohort / side files)",
+    "relabel": "relabel (subject moves)",
     "report": "report (input files)",
     "rt": "RT conversion",
     "pseudo": "pseudonymisation",
@@ -52,6 +54,12 @@ class OwnFailure:
     @property
     def stage_label(self) -> str:
         return STAGE_LABELS.get(self.stage, self.stage)
+
+    def anonymous_target(self) -> str:
+        """The target without the hospital ID in it (`patient:H001` → `patient:<hospital id>`), for the console."""
+        if self.hospital_id and self.hospital_id in self.target:
+            return self.target.replace(self.hospital_id, "<hospital id>")
+        return self.target
 
 
 def own_failures(catalog: Catalog, include_resolved: bool = True) -> list[OwnFailure]:

@@ -121,7 +121,8 @@ class _Text(HTMLParser):
 
 
 def _own(cat: Catalog) -> None:
-    cat.record_failure("r1", "harvest", "patient-query:pacs", "C-FIND timed out", error_type="SourceUnavailable")
+    cat.record_failure("r1", "harvest", "patient:H777", "C-FIND timed out", error_type="SourceUnavailable",
+                       hospital_id="H777")
     cat.record_failure("r1", "retrieve", "1.2.CT.0", "C-MOVE failed: 0xA701", study_uid="1.2.CT.0")
     cat.record_failure("r1", "store", "1.2.CT.1", "XNAT 409 Session already exists", study_uid="1.2.CT.1")
     cat.record_failure("r1", "retrieve", "1.2.CT.5", "C-MOVE failed: 0xA702", study_uid="1.2.CT.5")
@@ -147,10 +148,10 @@ def test_report_shows_own_failures_beside_imported_ones(reporting_env, tmp_path)
     assert p.tables["own-by-stage"][1:] == [["harvest (PACS query)", "1", "0"], ["retrieve (PACS transfer)", "1", "1"],
                                             ["store", "1", "0"]]
     open_rows = p.tables["own-open"][1:]
-    assert sorted((r[0], r[1], r[3]) for r in open_rows) == [
-        ("harvest (PACS query)", "patient-query:pacs", "C-FIND timed out"),
-        ("retrieve (PACS transfer)", "1.2.CT.0", "C-MOVE failed: 0xA701"),
-        ("store", "1.2.CT.1", "XNAT 409 Session already exists")]
+    assert sorted((r[0], r[1], r[2], r[3]) for r in open_rows) == [
+        ("harvest (PACS query)", "patient:H777", "NN_H777", "C-FIND timed out"),  # the admin's report names the subject
+        ("retrieve (PACS transfer)", "1.2.CT.0", "", "C-MOVE failed: 0xA701"),
+        ("store", "1.2.CT.1", "", "XNAT 409 Session already exists")]
     assert [(r[1], r[-1]) for r in p.tables["own-resolved"][1:]] == [("1.2.CT.5", "r2")]
     rates = {(r[0], r[1], r[3]): r[4:7] for r in p.tables["rates"][1:]}
     assert rates[("list", "csc_mr.json", "MR")] == ["30", "3", "10.0%"]  # not 0.0 % beside 3 MR failures
@@ -178,3 +179,6 @@ def test_cli_list_shows_own_failures(tmp_path):
     assert "0xA702" not in r.stdout and "1 resolved failures not shown" in r.stdout
     r = run("--include-resolved")
     assert "0xA702" in r.stdout and "resolved (r2)" in r.stdout
+    assert "patient:<hospital id>" in r.stdout and "H777" not in r.stdout  # no hospital ID on the console
+    r = run("--subjects")
+    assert "patient:H777" in r.stdout and "NN_H777" in r.stdout
