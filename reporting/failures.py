@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import InputFileError
-from ingest.patients import InputProblem, normalise_hospital_id, read_text
+from ingest.patients import NN_PREFIX, InputProblem, normalise_hospital_id, read_text
 
 from .dates import parse_date
 from .lenient_json import LenientJSONError, LenientParser, undouble_quotes
+from .nhs import read_nhs
 from .paste_grid import GridRow, looks_like_header, read_grid
 from .subjects import normalise_subject
 
@@ -513,11 +514,13 @@ def _record(obj: dict, where: str, line: int, result: ParseResult, kv: bool = Fa
         mods = [m for m in re.split(r"[\\,/\s]+", mods) if m]
     elif not isinstance(mods, list):
         mods = []
-    given = _clean_subject(fields.get("subject") or subject)
     hid = normalise_hospital_id(_clean_id(fields.get("hospital_id")))
     if hid and not any(ch.isalnum() for ch in hid):
         result.problems.append(InputProblem(where, line, "patient ID has no letter or digit; record kept without one"))
         hid = ""
+    given, why = _given_subject(fields.get("subject") or subject)
+    if why and not hid:  # the list's own subject is only used when it names no patient ID
+        result.problems.append(InputProblem(where, line, f"Subject: {why}; record kept without a subject"))
     return FailureRecord(
         study_uid=_clean_id(fields.get("study_uid")),
         accession=_clean_id(fields.get("accession")),
@@ -532,13 +535,15 @@ def _record(obj: dict, where: str, line: int, result: ParseResult, kv: bool = Fa
     )
 
 
-def _clean_subject(raw: Any) -> str:
+def _given_subject(raw: Any) -> tuple[str, str]:
+    """(subject label, "") for an NHS number or NN_<id>; ("", why not) for anything else."""
     if _empty(raw):
-        return ""
-    try:
-        return normalise_subject(raw)
-    except ValueError:
-        return str(raw).strip()
+        return "", ""
+    text = str(raw).strip()
+    if text.upper().startswith(NN_PREFIX):
+        return normalise_subject(text), ""
+    nhs, why = read_nhs(text)
+    return (nhs, "") if nhs else ("", why or "not an NHS number or NN_<hospital id>")
 
 
 def parse_failure_files(paths: Iterable[Path]) -> ParseResult:

@@ -186,3 +186,28 @@ def test_cli_export(tmp_path):
         "dqr_batch_pretty.json", "sheet_object_cells.txt"]
     r = run("export", "-o", "x.txt", "--format", "pdf")
     assert r.returncode == 2
+
+
+def test_a_subject_excel_corrupted_in_a_failure_list_is_not_used():
+    text = ('[{"criteria": {"accessionNumber": "A1"}, "relabelMap": {"Subject": "9.43477E+09"}, "studies": []},'
+            ' {"criteria": {"accessionNumber": "A2"}, "relabelMap": {"Subject": "943 476 5919"}, "studies": []}]')
+    r = parse_failure_text(text, "x.json")
+    assert [(x.accession, x.subject) for x in r.records] == [("A1", ""), ("A2", "9434765919")]
+    assert [p.message for p in r.problems] == [f"Subject: {EXCEL_CORRUPTED}; record kept without a subject"]
+
+
+def test_edw_failures_csv_has_no_nan(reporting_env):
+    from reporting.build import build_reports
+
+    cfg, cat = reporting_env
+    mapping = read_mapping(PASTES / "cohort.csv")
+    for n in ("dqr_batch_pretty.json", "cells_comma.csv"):  # empty UIDs, NaN StudyID, no study date
+        import_failure_file(cat, PASTES / n, "run-1", mapping=mapping)
+    fail_csv = build_reports(cfg, cat, run_id="run-1")[2]
+    with open(fail_csv, newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert {r["Accession"] for r in table} == {"RX2001", "RX2002", "RX2009", "RX2012", "RX2017"}
+    assert not any(v.strip().casefold() in ("nan", "none", "nat") for r in table for v in r.values())
+    rx2017 = next(r for r in table if r["Accession"] == "RX2017")
+    assert (rx2017["StudyInstanceUID"], rx2017["Study ID"]) == ("", "")
+    assert Path(rx2017["Source File"].rsplit(":", 1)[0]).name == "cells_comma.csv"
