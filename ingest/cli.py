@@ -185,6 +185,8 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
             finally:
                 cat.close()
         share_outbox(cfg.report.outbox, outputs, cfg.security.outbox_group, cfg.security.outbox_mode_bits)
+    except RunLocked as exc:
+        fail(exc, 5)
     except RtlakeError as exc:
         fail(exc)
     for p in outputs:

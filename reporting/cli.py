@@ -42,7 +42,7 @@ def _catalog(cfg, write: bool = True):
             yield cat
     except RunLocked as exc:
         console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(3) from None
+        raise typer.Exit(5) from None  # the exit code of `update` when locked
 
 
 def _run_id(prefix: str) -> str:
