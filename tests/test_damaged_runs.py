@@ -103,20 +103,26 @@ def conflicts(cfg) -> list[dict]:
         cat.close()
 
 
-def figures(corpus: Corpus, cfg, served: list[Damaged] | None = None) -> dict:
+def figures(corpus: Corpus, cfg, after: dict[str, str], tried: list[Damaged], served: set[Path] | None = None,
+            **extra) -> dict:
+    """The README's damaged-file figures, from the catalog and the lake this run left."""
     fails = failures(cfg)
     refused = Counter(m.group(1) for f in fails for m in [CHECK.search(f["reason"])] if m)
-    tried = corpus.damaged if served is None else served
-    return {"good files": len(corpus.ingested_good), "damaged files tried": len(tried),
-            "stored good": None, "refused with reason": dict(sorted(refused.items())),
-            "conflicts recorded": len(conflicts(cfg)), "crashes": 0}
+    in_lake = set(after.values())
+    good = [f for f in corpus.ingested_good if served is None or f in served]
+    return {"good_files": len(good), "damaged_files": len(tried), "kinds": len({d.kind for d in tried}),
+            "stored_good_identical": sum(sha(f) in in_lake for f in good),
+            "good_held_back": sum(sha(f) not in in_lake for f in good),
+            "refused_by_check": dict(sorted(refused.items())), "refused": sum(refused.values()),
+            "duplicates": sum(d.expect == "duplicate" for d in tried),
+            "conflicts_recorded": len(conflicts(cfg)), "damaged_in_lake": sum(
+                sha(d.path) in in_lake for d in tried if d.expect not in ("duplicate", "conflict")),
+            "crashes": 0, **extra}
 
 
 # -- folder PACS -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def folder_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("damaged-folder") / "demo"
-    corpus = make_corpus(root, n_patients=5, seed=19)
+def _folder_runs(root: Path, n_patients: int, seed: int, n_damaged: int | None = None) -> dict:
+    corpus = make_corpus(root, n_patients=n_patients, seed=seed, n_damaged=n_damaged)
     cfg = load_config(corpus.demo.config)
     code1, out1 = invoke("update", "-c", str(corpus.demo.config), "--no-progress")
     lake = Path(cfg.store.lake.path)
@@ -126,11 +132,21 @@ def folder_runs(tmp_path_factory):
             "after1": after1, "state1": state1, "after2": lake_files(lake), "state2": catalog_state(cfg)}
 
 
+@pytest.fixture(scope="module")
+def folder_runs(tmp_path_factory):
+    return _folder_runs(tmp_path_factory.mktemp("damaged-folder") / "demo", 5, 19)
+
+
 def test_folder_runs_end_partial_without_a_traceback(folder_runs):
     for code, out in folder_runs["runs"]:
         assert "Traceback" not in out, out[-3000:]
         assert code == 3, out[-3000:]
         assert "PARTIAL" in out
+    # the refusals are in the run summary and in the report, by check
+    first = folder_runs["runs"][0][1]
+    assert "damaged DICOM (truncated)" in first and "damaged DICOM (uid)" in first
+    report = next((folder_runs["corpus"].demo.root / "state" / "reports").glob("failure-report-*.html")).read_text()
+    assert "damaged DICOM (pixel_data)" in report and "damaged DICOM (encoding)" in report
 
 
 def test_folder_every_good_file_arrives_byte_identical(folder_runs):
@@ -208,11 +224,12 @@ def test_folder_conflicts_are_recorded_with_both_sources_and_never_first_wins(fo
         assert named
 
 
-def test_folder_second_run_changes_nothing(folder_runs):
+def test_folder_second_run_changes_nothing(folder_runs, section="damaged_folder"):
     assert folder_runs["after2"] == folder_runs["after1"]
     assert folder_runs["state2"] == folder_runs["state1"]
-    record_result("damaged_folder", figures(folder_runs["corpus"], folder_runs["cfg"]) |
-                  {"stored good": len(folder_runs["after1"])})
+    corpus = folder_runs["corpus"]
+    record_result(section, figures(corpus, folder_runs["cfg"], folder_runs["after1"], corpus.damaged,
+                                   exit_codes=[c for c, _ in folder_runs["runs"]]))
 
 
 def test_a_stored_good_file_is_never_replaced_by_a_valid_different_copy(tmp_path):
@@ -246,16 +263,15 @@ def test_a_stored_good_file_is_never_replaced_by_a_valid_different_copy(tmp_path
 
 
 # -- the real Orthanc -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def orthanc_runs(tmp_path_factory):
+def _orthanc_runs(base: Path, n_patients: int, seed: int, n_damaged: int | None = None, dimse: bool = True):
+    """Upload the corpus (damaged first) to a private Orthanc; two Orthanc-source runs, one DIMSE C-GET run."""
     from tests.fixtures.pacs import run_with_source
     from tests.servers.orthanc import orthanc_available, start_orthanc, stop_and_remove
 
     missing = orthanc_available()
     if missing:
         pytest.skip(f"!!! PACS TESTS SKIPPED: {missing}")
-    base = tmp_path_factory.mktemp("damaged-orthanc")
-    corpus = make_corpus(base / "demo", n_patients=5, seed=29)
+    corpus = make_corpus(base / "demo", n_patients=n_patients, seed=seed, n_damaged=n_damaged)
     srv = start_orthanc(base / "orthanc-server")
     try:
         # damaged first: a damaged copy Orthanc accepts under an instance's identity is what it serves
@@ -275,15 +291,22 @@ def orthanc_runs(tmp_path_factory):
             cfg = load_config(corpus.demo.config, {"project.state_dir": str(state / "state")})
             lake = state / "lake"
             runs.append({"summary": summary, "after": lake_files(lake), "state": catalog_state(cfg)})
-        # the same PACS over DIMSE C-GET: Orthanc re-encodes what it sends (DCMTK), so what arrives is
-        # whatever its encoder makes of each damaged file
-        dstate, dsummary = run_with_source("dimse-get", corpus.demo, srv, base)
-        dimse = {"summary": dsummary, "lake": dstate / "lake",
-                 "cfg": load_config(corpus.demo.config, {"project.state_dir": str(dstate / "state")})}
-        yield {"corpus": corpus, "served": set(served.values()), "status": status, "cfg": cfg, "lake": lake,
-               "runs": runs, "dimse": dimse}
+        out = {"corpus": corpus, "served": set(served.values()), "status": status, "cfg": cfg, "lake": lake,
+               "runs": runs}
+        if dimse:
+            # the same PACS over DIMSE C-GET: Orthanc re-encodes what it sends (DCMTK), so what arrives
+            # is whatever its encoder makes of each damaged file
+            dstate, dsummary = run_with_source("dimse-get", corpus.demo, srv, base)
+            out["dimse"] = {"summary": dsummary, "lake": dstate / "lake",
+                            "cfg": load_config(corpus.demo.config, {"project.state_dir": str(dstate / "state")})}
+        return out
     finally:
         stop_and_remove(srv)
+
+
+@pytest.fixture(scope="module")
+def orthanc_runs(tmp_path_factory):
+    return _orthanc_runs(tmp_path_factory.mktemp("damaged-orthanc"), 5, 29)
 
 
 def _served(o, kinds=None) -> list[Damaged]:
@@ -339,7 +362,7 @@ def test_orthanc_each_served_damaged_file_is_a_failure_naming_the_instance_and_c
     assert not wrong, wrong
 
 
-def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs):
+def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs, section="damaged_orthanc"):
     corpus, served = orthanc_runs["corpus"], orthanc_runs["served"]
     rows = conflicts(orthanc_runs["cfg"])
     after = orthanc_runs["runs"][0]["after"]
@@ -353,8 +376,10 @@ def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs)
     first, second = orthanc_runs["runs"]
     assert second["after"] == first["after"]
     assert second["state"] == first["state"]
-    record_result("damaged_orthanc", figures(corpus, orthanc_runs["cfg"], _served(orthanc_runs)) |
-                  {"damaged files uploaded": len(corpus.damaged), "stored good": len(first["after"])})
+    refused_at_upload = sum(orthanc_runs["status"][d.path].startswith("HTTP") for d in corpus.damaged)
+    record_result(section, figures(corpus, orthanc_runs["cfg"], first["after"], _served(orthanc_runs), served,
+                                   uploaded=len(corpus.damaged), refused_by_orthanc=refused_at_upload,
+                                   outcomes=[r["summary"].status for r in orthanc_runs["runs"]]))
 
 
 def test_orthanc_over_dimse_c_get_stores_only_whole_instances(orthanc_runs):
@@ -369,3 +394,26 @@ def test_orthanc_over_dimse_c_get_stores_only_whole_instances(orthanc_runs):
     refused = [f for f in fails if CHECK.search(f["reason"])]
     assert refused, "Orthanc sends some of the damaged instances it accepted; they must be refused, by check"
     assert {CHECK.search(f["reason"]).group(1) for f in refused} <= set(CHECK_NAMES)
+
+
+# -- the issue's size: 24 patients, 100 damaged files (make test-all / make reliability) ------------------
+FOLDER_CHECKS = [test_folder_runs_end_partial_without_a_traceback, test_folder_every_good_file_arrives_byte_identical,
+                 test_folder_no_damaged_file_in_the_lake,
+                 test_folder_each_damaged_file_is_a_failure_naming_it_and_the_check,
+                 test_folder_exact_duplicates_are_one_instance_and_no_failure,
+                 test_folder_conflicts_are_recorded_with_both_sources_and_never_first_wins]
+ORTHANC_CHECKS = [test_orthanc_runs_end_partial, test_orthanc_every_served_good_file_arrives_byte_identical,
+                  test_orthanc_no_damaged_file_in_the_lake,
+                  test_orthanc_each_served_damaged_file_is_a_failure_naming_the_instance_and_check]
+
+
+@pytest.mark.slow
+def test_full_size_corpus_through_folder_and_orthanc(tmp_path):
+    big = _folder_runs(tmp_path / "folder" / "demo", 24, 19, n_damaged=100)
+    for check in FOLDER_CHECKS:
+        check(big)
+    test_folder_second_run_changes_nothing(big, section="damaged_folder_full")
+    o = _orthanc_runs(tmp_path / "orthanc", 24, 29, n_damaged=100, dimse=False)
+    for check in ORTHANC_CHECKS:
+        check(o)
+    test_orthanc_conflicts_recorded_and_second_run_changes_nothing(o, section="damaged_orthanc_full")
