@@ -152,6 +152,7 @@ class _Maker:
         self.uid_n = 0
         self.seed = seed
         self.out: list[Damaged] = []
+        self.rle_files: set[Path] = set()  # the RLE copies (good files), once make_rle ran
         self.k = 0
         studies = {s.study_uid: (p, s) for p in demo.patients for s in p.studies}
         self.eligible: dict[str, list[Path]] = {}
@@ -477,8 +478,6 @@ class _Maker:
                    study=other_study, folder=host.parent)
 
     # helpers -------------------------------------------------------------------------------------------
-    rle_files: set[Path] = set()
-
     def _taken(self, f: Path) -> bool:
         """Already the original of a duplicate or conflict (one twin per instance keeps expectations simple)."""
         return any(d.original == f and d.expect in ("conflict", "duplicate") for d in self.out)

@@ -21,7 +21,6 @@ is the version it serves (the good one is then "AlreadyStored" and never served)
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import Counter
 from pathlib import Path

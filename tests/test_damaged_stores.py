@@ -15,7 +15,7 @@ import pytest
 
 from ingest.errors import StoreError
 from ingest.records import SessionPlan, StudyRecord
-from tests.damaged_corpus import _Maker, make_corpus
+from tests.damaged_corpus import make_corpus
 
 
 def sha(p) -> str:
@@ -38,8 +38,6 @@ def _study(corpus, kind: str):
 
 def _other_version(corpus, original: Path, tmp: Path) -> Path:
     """A valid file with the SOPInstanceUID of `original` and other pixel values (the corpus' rule)."""
-    m = _Maker(corpus.demo, 41)
-    m.rle_files = set(corpus.extra_good)
     ds = pydicom.dcmread(original)
     arr = bytearray(ds.PixelData)
     arr[0] ^= 0xFF

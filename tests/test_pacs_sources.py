@@ -257,14 +257,16 @@ def test_non_dicom_answers_name_pacs_and_study(mode, tmp_path):
         bad.stop()
 
 
-def test_quick_sop_uid_agrees_with_pydicom(pacs_cohort):
-    from ingest.sources._files import quick_sop_uid
+def test_received_files_are_named_by_the_sop_uid_pydicom_reads(pacs_cohort):
     from ingest.sources._http import iter_multipart
+    from ingest.validate import validate_bytes
 
     for st in pacs_cohort:
         for f, sop in zip(st.files, st.sop_uids):
-            assert quick_sop_uid(f.read_bytes()) == sop == pydicom.dcmread(f).SOPInstanceUID
-    assert quick_sop_uid(b"x" * 200) is None
+            v = validate_bytes(f.read_bytes())
+            assert v.ok and v.sop_uid == sop == pydicom.dcmread(f).SOPInstanceUID
+            assert v.study_uid == st.study_uid
+    assert validate_bytes(b"x" * 200).check == "preamble"
     # a multipart stream cut before its closing boundary is a transient (retryable) error
     with pytest.raises(SourceUnavailable):
         list(iter_multipart([b"--B\r\n\r\npart1\r\n--B\r\n\r\npar"], b"B"))

@@ -13,61 +13,14 @@ versions of one instance in one delivery are both held back (`conflicts`, see in
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from pathlib import Path
-
-import pydicom
-from pydicom.filereader import read_partial
-from pydicom.tag import Tag
 
 from ..atomic import TMP_PREFIX
 from ..conflicts import same_instance, sha256
 from ..errors import SourceError
 from ..records import Conflict, Refusal
 from ..validate import DamagedDicom, Verdict, show, valid_uid, validate_bytes, validate_file
-
-_WANTED = [Tag("SOPInstanceUID"), Tag("StudyInstanceUID")]
-_LAST_WANTED = 0x0020000D  # StudyInstanceUID: nothing after it is needed to name and check a file
-
-
-def _stop_after_study_uid(tag, vr, length) -> bool:
-    return tag > _LAST_WANTED
-
-
-def read_ids(fp) -> pydicom.Dataset:
-    """Read just enough of a DICOM stream to name and check it (kept for callers outside the sources)."""
-    return read_partial(fp, stop_when=_stop_after_study_uid, specific_tags=_WANTED)
-
-
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
-
-
-def quick_sop_uid(data: bytes) -> str | None:
-    """MediaStorageSOPInstanceUID from the file meta group (always explicit VR little endian),
-    without building a Dataset; None when the bytes do not look like a well-formed Part 10 file.
-    """
-    if len(data) < 140 or data[128:132] != b"DICM":
-        return None
-    pos, end = 132, len(data)
-    while pos + 8 <= end:
-        group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            return None
-        vr = data[pos + 4: pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            length = struct.unpack_from("<I", data, pos + 8)[0]
-            pos += 12
-        else:
-            length = struct.unpack_from("<H", data, pos + 6)[0]
-            pos += 8
-        if elem == 0x0003:
-            uid = data[pos: pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-            return uid or None
-        pos += length
-    return None
 
 
 def check_study_uid(study_uid: str, pacs: str) -> None:
