@@ -30,7 +30,7 @@ import pytest
 from ingest.catalog import Catalog
 from ingest.config import load_config
 from tests.damaged_corpus import Corpus, Damaged, make_corpus
-from tests.fixtures.reliability import record_result
+from tests.fixtures.reliability import record_output, record_result
 
 CHECK = re.compile(r"damaged DICOM \((\w+)\)")
 CHECK_NAMES = ("preamble", "file_meta", "transfer_syntax", "encoding", "truncated", "parse", "uid", "pixel_data",
@@ -65,6 +65,7 @@ def invoke(*args: str):
     out = res.output
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         out += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(res.exception))
+    record_output(f"cli:{' '.join(args[:2])}", out)  # joins the session's identifier scan
     return res.exit_code, out
 
 
