@@ -294,6 +294,9 @@ def _orthanc_runs(base: Path, n_patients: int, seed: int, n_damaged: int | None 
         out = {"corpus": corpus, "served": set(served.values()), "status": status, "cfg": cfg, "lake": lake,
                "runs": runs}
         if dimse:
+            wstate, wsummary = run_with_source("dicomweb", corpus.demo, srv, base)
+            out["dicomweb"] = {"summary": wsummary, "lake": wstate / "lake", "after": lake_files(wstate / "lake"),
+                               "cfg": load_config(corpus.demo.config, {"project.state_dir": str(wstate / "state")})}
             # the same PACS over DIMSE C-GET: Orthanc re-encodes what it sends (DCMTK), so what arrives
             # is whatever its encoder makes of each damaged file
             dstate, dsummary = run_with_source("dimse-get", corpus.demo, srv, base)
@@ -380,6 +383,26 @@ def test_orthanc_conflicts_recorded_and_second_run_changes_nothing(orthanc_runs,
     record_result(section, figures(corpus, orthanc_runs["cfg"], first["after"], _served(orthanc_runs), served,
                                    uploaded=len(corpus.damaged), refused_by_orthanc=refused_at_upload,
                                    outcomes=[r["summary"].status for r in orthanc_runs["runs"]]))
+
+
+def test_orthanc_over_dicomweb_refuses_the_same_damage(orthanc_runs):
+    """QIDO-RS + WADO-RS against the same Orthanc: the same served damage is refused, by the same check."""
+    from ingest.validate import show
+
+    w = orthanc_runs["dicomweb"]
+    assert w["summary"].status == "partial", w["summary"].message
+    in_lake = set(w["after"].values())
+    assert not [d.kind for d in _served(orthanc_runs, set(CHECK_NAMES)) if sha(d.path) in in_lake]
+    fails = failures(w["cfg"])
+    missing = []
+    for d in _served(orthanc_runs, set(CHECK_NAMES)):
+        named = [f for f in fails if (f["target"] == d.study_uid or (d.sop_uid and show(d.sop_uid) in f["target"]))
+                 and CHECK.search(f["reason"]) and CHECK.search(f["reason"]).group(1) == d.expect]
+        if not named:
+            missing.append((d.kind, d.expect))
+    assert not missing, missing
+    good = [f for f in orthanc_runs["corpus"].ingested_good if f in orthanc_runs["served"]]
+    assert sum(sha(f) in in_lake for f in good) >= len(good) - 2  # at most the conflict pair differs
 
 
 def test_orthanc_over_dimse_c_get_stores_only_whole_instances(orthanc_runs):
