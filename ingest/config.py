@@ -115,6 +115,17 @@ class XnatStoreConfig(_Section):
     dqr_failures_dir: Path | None = Field(
         None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
     )
+    # issue 14: XNAT stores against a real XNAT
+    identity: Literal["uid", "label"] = Field(
+        "uid", description="When a session already in XNAT is this study: same label and StudyInstanceUID "
+        "('uid'), or same label alone ('label', for sites whose anonymisation script rewrites UIDs)."
+    )
+    dqr_ae_title: str = Field("", description="DQR mode: AE title of XNAT's own DICOM receiver the PACS sends to.")
+    dqr_port: int = Field(0, ge=0, le=65535, description="DQR mode: port of that DICOM receiver.")
+    dqr_poll_seconds: float = Field(5.0, gt=0, description="DQR mode: seconds between polls of the queue and archive.")
+    dqr_stable_polls: int = Field(
+        2, ge=1, description="DQR mode: polls a pulled session's scan count must stay unchanged to count as arrived."
+    )
 
 
 class OrthancStoreConfig(HttpAuth):

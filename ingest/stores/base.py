@@ -47,6 +47,29 @@ class Store(abc.ABC):
                 out.append(exc)
         return out
 
+    def check(self) -> list[str]:
+        """Verify the store is reachable, the credentials work and it can write.
+
+        Returns human-readable lines of what was checked.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached (worth trying again later).
+            StoreError: a permanent problem, e.g. refused credentials; the message names the config
+                key or environment variable to fix, never a password.
+        """
+        return [f"{self.name}: nothing to check"]
+
+    def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
+        """Move a stored session to another subject (an NHS number found or corrected:
+        `NN_<id>` → NHS number); returns the session's new location.
+
+        Raises:
+            NotImplementedError: the store cannot do it (the message tells the admin what to do).
+            StoreError: the store refused or the session is not where it should be.
+        """
+        raise NotImplementedError(f"the {self.name} store cannot move sessions between subjects; "
+                                  f"move {project}/{old_subject}/{label} by hand")
+
     def list_sessions(self) -> list[dict]:
         """Rows of (project, subject, label, modality, date, study_uid, ...) the store holds."""
         return []
