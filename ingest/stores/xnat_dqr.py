@@ -20,9 +20,10 @@ Flow per `put_studies` batch:
   3. Poll `import/queue` (one call per poll) until our entries are gone, then `import/history`
      (entries there have their own IDs; matched by study UID and queue time): FAILED is a failure;
      ISSUED and RECEIVED ("the first object arrived") mean the study is arriving — it counts as
-     stored only once the archive shows the session with a scan count unchanged over
-     `dqr_stable_polls` polls. Still waiting after `dqr_wait_seconds`: transient (the next run
-     finds the session, or queues the study again).
+     stored only once the archive shows the session holding every series XNAT asked the PACS for
+     (the entry's `seriesIds`), or, when the entry does not list them, with a scan count unchanged
+     over `dqr_stable_polls` polls. Still waiting after `dqr_wait_seconds`: transient (the next
+     run finds the session, or queues the study again).
 Answers saying "There was a problem", non-JSON answers and 5xx are retried with backoff.
 
 Every failure comes back as a StoreError naming the DQR status (the run records it in the
@@ -84,6 +85,7 @@ class _Pending:
     queued_time: Any
     status: str = "QUEUED"
     history_id: Any = None
+    expected: int = 0  # series XNAT asked the PACS for (the entry's seriesIds), 0 = not said
     counts: list[int] = dataclasses.field(default_factory=list)  # scan counts seen in the archive, per poll
 
 
@@ -310,7 +312,8 @@ class XnatDqrStore(Store):
                                         f"it on PACS {self.pacs_id} to retrieve)")
                 continue
             pending.append(_Pending(i, p, clean_label(p.subject), clean_label(p.label), e["id"],
-                                    e.get("queuedTime"), str(e.get("status") or "QUEUED").upper()))
+                                    e.get("queuedTime"), str(e.get("status") or "QUEUED").upper(),
+                                    expected=len(e.get("seriesIds") or [])))
         return pending
 
     def _list(self, path: str, n: int) -> list[dict]:
@@ -348,7 +351,8 @@ class XnatDqrStore(Store):
     def _state(w: _Pending) -> str:
         entry = f"queue entry {w.queue_id}" if w.history_id is None else f"history entry {w.history_id}"
         if w.counts:
-            return f"status {w.status} ({entry}), session {w.label} still arriving ({w.counts[-1]} scans)"
+            of = f" of {w.expected}" if w.expected else ""
+            return f"status {w.status} ({entry}), session {w.label} still arriving ({w.counts[-1]}{of} series)"
         return f"status {w.status or 'UNKNOWN'} ({entry})"
 
     def _poll(self, waiting: list[_Pending], out: dict[int, StoredSession | Exception]) -> None:
@@ -394,7 +398,10 @@ class XnatDqrStore(Store):
                 continue
             w.counts.append(int(r["n_scans"]))
             recent = w.counts[-self.stable_polls:]
-            if len(recent) == self.stable_polls and recent[0] > 0 and len(set(recent)) == 1:
+            stable = len(recent) == self.stable_polls and recent[0] > 0 and len(set(recent)) == 1
+            # Complete: every series XNAT asked the PACS for is in the archive; when the entry does not
+            # say which, a scan count that has stopped growing.
+            if (w.expected and w.counts[-1] >= w.expected) or (not w.expected and stable):
                 self.archive._load_sessions()[w.label] = k
                 try:
                     out[w.index] = self.archive._stored(w.plan, k, None, w.subject, w.label, uploaded=False)
