@@ -48,27 +48,31 @@ class Store(abc.ABC):
         return out
 
     def check(self) -> list[str]:
-        """Verify the store is reachable, the credentials work and it can write.
+        """Probe that the store is reachable, accepts the configured credentials and can be written.
 
-        Returns human-readable lines of what was checked.
+        Called once at the start of every run (and by `rtlake check`), so a store that cannot take
+        anything stops the run in seconds instead of failing every study the same way.
 
+        Returns:
+            One line per thing checked, for people.
         Raises:
-            StoreUnavailable: the store cannot be reached (worth trying again later).
-            StoreError: a permanent problem, e.g. refused credentials; the message names the config
-                key or environment variable to fix, never a password.
+            StoreUnavailable: cannot be reached (worth trying again later).
+            StoreError: refuses us (credentials, permissions); the message names the setting to fix.
         """
-        return [f"{self.name}: nothing to check"]
+        return [f"{self.name}: no check available"]
 
     def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
-        """Move a stored session to another subject (an NHS number found or corrected:
-        `NN_<id>` → NHS number); returns the session's new location.
+        """Move a stored session to another subject (its NHS number was found or corrected).
 
+        Returns:
+            The session's new location.
         Raises:
-            NotImplementedError: the store cannot do it (the message tells the admin what to do).
-            StoreError: the store refused or the session is not where it should be.
+            NotImplementedError: the store cannot move sessions; the message tells the admin what to do.
+            StoreError: the move was refused or failed half-way (the message says what state it is in).
         """
-        raise NotImplementedError(f"the {self.name} store cannot move sessions between subjects; "
-                                  f"move {project}/{old_subject}/{label} by hand")
+        raise NotImplementedError(
+            f"the {self.name} store cannot move sessions between subjects: move {project}/{old_subject}/{label} "
+            f"to subject {new_subject} by hand, then run `rtlake update` again")
 
     def list_sessions(self) -> list[dict]:
         """Rows of (project, subject, label, modality, date, study_uid, ...) the store holds."""
