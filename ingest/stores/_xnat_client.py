@@ -140,6 +140,10 @@ class XnatClient:
         r.close()
         if code == 200 and re.fullmatch(r"[\w\-.]{8,}", text):
             return text
+        if code == 404:
+            self.refused = (f"XNAT {self.url}: no XNAT login service at /data/services/auth (HTTP 404); "
+                            f"check [store.xnat] url (the XNAT base URL, e.g. https://host/xnat)")
+            raise StoreError(self.refused)
         if code in (401, 403, 500) or 400 <= code < 500 and code not in (408, 429):
             self.refused = (f"XNAT {self.url}: login refused (HTTP {code}) for the user in {self._where()}; "
                             f"check the credentials. rtlake does not try again in this run, so refused "
