@@ -298,8 +298,14 @@ class XnatDqrStore(Store):
         payload = {"pacsId": self.pacs_id, "aeTitle": self.ae_title, "port": self.port,
                    "projectId": self.project, "forceImport": False, "studies": studies}
         first = batch[0][1].study.study_uid
-        answer = self.client.call(lambda s: self._post(s, "/xapi/dqr/import", json=payload),
-                                  f"DQR import of {len(batch)} studies (first {first})", scrub=_idents(batch))
+        try:
+            answer = self.client.call(lambda s: self._post(s, "/xapi/dqr/import", json=payload),
+                                      f"DQR import of {len(batch)} studies (first {first})", scrub=_idents(batch))
+        except StoreError as exc:
+            if "(403)" in str(exc):
+                raise StoreError(f"{exc} — XNAT refuses DQR imports into a project that is not DQR-enabled, or for "
+                                 f"a user who may not edit it (project {self.project})") from None
+            raise
         if not isinstance(answer, list):
             raise StoreError(f"XNAT {self.url}: DQR import: expected a JSON list, got {type(answer).__name__}")
         by_uid = {e.get("studyInstanceUid"): e for e in answer if isinstance(e, dict) and e.get("studyInstanceUid")}
