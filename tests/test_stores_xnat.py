@@ -637,3 +637,15 @@ def test_move_session_to_the_nhs_number(xnat_server, xnat_cfg, xnat_study):
     assert xnat_server.subject_label(e.subject_id) == "9434765919"
     assert moved == again == stored.location
     assert len(e.scans) == 1  # the data moved with it
+
+
+def test_a_failed_logout_leaves_no_thread_calling_xnat(xnat_server, xnat_cfg):
+    """xnatpy stops its keep-alive thread only after a successful logout; a refused one must not leave it running."""
+    import threading
+
+    xnat_server.add_project("RTLAKE")
+    store = open_store(xnat_cfg())
+    store.check()
+    xnat_server.add_fault("DELETE", r"^/data/JSESSION$", 500, "boom", times=5)
+    store.close()
+    assert [t for t in threading.enumerate() if t.name == "XNATpyKeepAliveThread" and t.is_alive()] == []

@@ -204,7 +204,14 @@ class XnatClient:
             try:
                 self._session.disconnect()
             except Exception:  # noqa: BLE001 - the server may already have dropped the session
-                pass
+                # xnatpy stops its keep-alive thread only after the logout request succeeded: stop it
+                # anyway, or it goes on calling a server we have left.
+                try:
+                    from xnat.session import BaseXNATSession
+
+                    BaseXNATSession.disconnect(self._session)
+                except Exception:  # noqa: BLE001
+                    pass
             self._session = None
 
     # -- the policy ----------------------------------------------------------------------------
