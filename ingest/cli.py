@@ -46,6 +46,11 @@ def main(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
+    import os
+
+    from .security import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)  # catalog, outbox and lake name patients: owner-only unless [security] says otherwise
     level = logging.WARNING - 10 * min(verbose, 2)
     from rich.logging import RichHandler
 
@@ -141,9 +146,10 @@ def check(config: Optional[Path] = ConfigOpt) -> None:
 
     results = run_checks(cfg)
     out = Console(soft_wrap=True)
+    marks = {True: "[green]ok[/green]  ", False: "[red]FAIL[/red]", None: "[yellow]warn[/yellow]"}
     for name, ok, detail in results:
-        out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name:8} {escape(detail)}")
-    if not all(ok for _, ok, _ in results):
+        out.print(f"{marks[ok]} {name:8} {escape(detail)}")
+    if any(ok is False for _, ok, _ in results):
         raise typer.Exit(4)
 
 
@@ -169,6 +175,8 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
     from .lock import run_lock
     from reporting.build import build_reports
 
+    from .security import share_outbox
+
     try:
         with run_lock(cfg.state_dir):
             cat = Catalog(cfg.catalog_path)
@@ -176,6 +184,9 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
                 outputs = build_reports(cfg, cat)
             finally:
                 cat.close()
+        share_outbox(cfg.report.outbox, outputs, cfg.security.outbox_group, cfg.security.outbox_mode_bits)
+    except RunLocked as exc:
+        fail(exc, 5)
     except RtlakeError as exc:
         fail(exc)
     for p in outputs:

@@ -93,7 +93,7 @@ def convert_cmd(
             finally:
                 cat.close()
     except RunLocked as exc:
-        fail(exc, 3)
+        fail(exc, 5)  # as `update`: another run holds the lock
     except RtlakeError as exc:
         fail(exc)
     c = summary.counts()
@@ -129,7 +129,9 @@ def link_cmd(
 
     from .linkage import inventory, select_course
 
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    from ..bookkeeping import input_files
+
+    files = input_files(input_dir)
     inv = inventory(files)
     course = select_course(inv)
     typer.echo(json.dumps({"images_summary": inv.summary(), **course.describe(),
