@@ -211,3 +211,40 @@ def test_update_in_dqr_mode_failures_land_in_catalog_and_json(fresh_demo, xnat_s
     records = [r for p in sorted((state / "dqr-failures").glob("*.json")) for r in json.loads(p.read_text())]
     assert sorted(r["studyInstanceUid"] for r in records) == sorted(f["study_uid"] for f in fails)
     assert xnat_server.dqr_import_calls == []
+
+
+def test_corrected_nhs_number_moves_the_xnat_sessions(fresh_demo, xnat_server, xnat_env):
+    """Issue 12: a patient filed as NN_<id> whose NHS number arrives later: the next run moves that patient's
+    XNAT sessions to the new subject through the store, and the catalog follows."""
+    original = _cohort(fresh_demo)
+    p = max((p for p in fresh_demo.patients if not p.deceased and p.nhs_number and p.studies),
+            key=lambda p: len(p.studies))
+    nn, nhs = p.hospital_id, original[p.hospital_id]
+
+    def write_cohort(value: str) -> None:
+        with open(fresh_demo.cohort, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["HospitalID", "NHSNumber"])
+            w.writeheader()
+            for hid, number in original.items():
+                w.writerow({"HospitalID": hid, "NHSNumber": value if hid == nn else number})
+
+    write_cohort("")  # run 1: the number is not known yet
+    cfg = _configure(fresh_demo, xnat_server.url)
+    assert _update(cfg, "xnat").returncode == 3
+    assert any(xnat_server.subject_label(e.subject_id) == f"NN_{nn}" for e in xnat_server.experiments.values())
+    write_cohort(nhs)  # run 2: the EDW found it
+    uploads = xnat_server.count("POST", r"^/data/services/import$")
+    proc = _update(cfg, "xnat")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert xnat_server.count("POST", r"^/data/services/import$") == uploads  # moved, not uploaded again
+    cat = Catalog(Path(fresh_demo.root) / "state" / "catalog.duckdb", read_only=True)
+    try:
+        moved = cat.query_dicts("SELECT label, subject FROM sessions WHERE hospital_id = ? AND state = 'stored'", [nn])
+        relabels = cat.query_dicts("SELECT status FROM relabels WHERE hospital_id = ? AND study_uid IS NOT NULL", [nn])
+    finally:
+        cat.close()
+    assert moved and all(m["subject"] == nhs for m in moved)
+    assert relabels and {r["status"] for r in relabels} == {"moved"}
+    for m in moved:
+        e = xnat_server.find_experiment("HNC_DEMO", m["label"])
+        assert e is not None and xnat_server.subject_label(e.subject_id) == nhs
