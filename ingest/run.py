@@ -28,6 +28,7 @@ from .config import Config
 from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, TransientError
 from .lock import run_lock
+from .logsetup import set_run_id
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
@@ -64,9 +65,12 @@ class RunSummary:
 
 
 def _progress(show: bool) -> Progress:
+    from .logsetup import bars_wanted, err_console
+
+    # stderr, and only to a terminal: stdout carries the summary, a log file wants no bars
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show, transient=False,
+        disable=not bars_wanted(show), transient=False, console=err_console,
     )
 
 
@@ -78,6 +82,7 @@ class UpdateRun:
         self.store = store
         self.progress = progress
         self.run_id = catalog.start_run(cfg.source.kind, cfg.store.kind)
+        set_run_id(self.run_id)  # every log line from here on names this run
         self.summary = RunSummary(self.run_id)
         self.today = dt.date.today()
 
