@@ -16,13 +16,16 @@ The PACS is [source] (kind, and the [source.orthanc] / [source.dicomweb] /
 [source.dimse] section of that kind) with [source.transfer] retries and throttles.
 
 \b
---from CSV columns (any of): PatientID, AccessionNumber, StudyInstanceUID,
-  StudyDate (or a YYYYMMDD-YYYYMMDD range), DateFrom, DateTo, StudyDescription.
+--from CSV columns (any of): PatientID, AccessionNumber,
+  StudyInstanceUID, StudyDate (or a YYYYMMDD-YYYYMMDD range), DateFrom,
+  DateTo, StudyDescription.
 --dir-template / --name-template: DICOM keywords in braces, e.g.
-  '{PatientID}/{StudyInstanceUID}'; a file name clash with a different instance
-  gets a _<SOPInstanceUID> suffix. Defaults:
-    --dir-template  %s
-    --name-template %s
+  '{PatientID}/{StudyInstanceUID}'; a file name clash with a different
+  instance gets a _<SOPInstanceUID> suffix. Defaults:
+    --dir-template
+      %s
+    --name-template
+      %s
 """ % (DEFAULT_DIR_TEMPLATE, DEFAULT_NAME_TEMPLATE)
 
 SourceKind = SourceConfig.model_fields["kind"].annotation

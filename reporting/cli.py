@@ -67,7 +67,7 @@ def _print_problems(problems, limit: int = 50) -> None:
                       "placeholder_dates are kept apart; rates are checked against [report] baseline_failure_rate. "
                       "Creates the catalog in [project] state_dir when there is none.")
 def import_cmd(
-    files: list[Path] = typer.Argument(..., help="Failure files: XNAT JSON, CSV of JSON cells, or pasted text."),
+    files: list[Path] = typer.Argument(..., metavar="FILE...", help="Failure files: XNAT JSON, CSV of JSON cells, or pasted text."),
     config: Optional[Path] = ConfigOpt,
     origin: str = typer.Option("csc", help="Who produced the list (csc | dqr); kept in the history."),
 ) -> None:

@@ -24,7 +24,7 @@ def _echo_err(msg: str) -> None:
                     "uid_root and mapping table from [pseudo]. Problems are recorded in the catalog in [project] "
                     "state_dir (stage pseudo) unless --no-catalog.")
 def run(
-    inputs: Optional[list[Path]] = typer.Argument(None, help="Folders (or files) of DICOM and XML to pseudonymise."),
+    inputs: Optional[list[Path]] = typer.Argument(None, metavar="[FOLDER]...", help="Folders (or files) of DICOM and XML to pseudonymise."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the pseudonymised copies."),
     list_file: Optional[Path] = typer.Option(
         None, "--list", help="xlsx/CSV with a path (or Patient_Dir_Paths) column."

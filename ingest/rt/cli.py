@@ -23,16 +23,18 @@ Reads [rt] output and [rt] scheduler; patients come from the lake in [store.lake
 
 \b
 Details:
-  --masks            per-roi: one NIfTI per structure; labelmap: one file, one label
-                     per structure (overlaps lost); bitmask: one file, one bit each.
-  --supersample N    in-plane supersampling of the dose grid for DVHs of structures
-                     smaller than --supersample-below cc (N = 1: off).
-  --plane-tolerance  a contour plane farther than this (mm) from every CT slice is
-                     noted as a warning.
-  --sum-beam-doses   a plan with only per-beam doses on one grid: sum them instead
-                     of stopping at PARTIAL.
-  --scheduler        a Dask scheduler address; default a local cluster of --workers
-                     processes, one thread each (--serial: no Dask, for debugging).
+  --masks            per-roi: one NIfTI per structure; labelmap: one
+                     file, one label per structure (overlaps lost);
+                     bitmask: one file, one bit per structure.
+  --supersample N    in-plane supersampling of the dose grid for DVHs
+                     of structures below --supersample-below cc.
+  --plane-tolerance  a contour plane farther than this (mm) from every
+                     CT slice is noted as a warning.
+  --sum-beam-doses   a plan with only per-beam doses on one grid: sum
+                     them instead of stopping at PARTIAL.
+  --scheduler        a Dask scheduler address; default: a local cluster
+                     of --workers processes, one thread each (--serial:
+                     no Dask, for debugging).
 """
 
 
