@@ -92,7 +92,12 @@ class OneLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "run_id"):
             record.run_id = _run_id or "-"
-        text = super().format(record)
+        # another handler may have cached a full traceback on the record: format our own
+        saved, record.exc_text = record.exc_text, None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_text = saved
         return text.replace("\r", "\\r").replace("\n", " \\n ")
 
 
