@@ -184,8 +184,8 @@ def check_config(
                 fmt, title="Inputs named by the config")
     bad = [c for c in checks if not c.ok]
     for c in bad:
-        console.print(f"[red]problem[/red] [{escape(c.key.rsplit('.', 1)[0])}] {escape(c.key.rsplit('.', 1)[1])}: "
-                      f"{escape(c.path)}: {escape(c.state)}")
+        section, key = c.key.rsplit(".", 1)
+        console.print(f"[red]problem[/red] {escape(f'[{section}] {key}: {c.path}: {c.state}')}")
     if bad:
         raise typer.Exit(2)
     console.print(f"config OK: {len(checks)} input(s) readable")

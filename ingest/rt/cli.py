@@ -62,6 +62,8 @@ def convert_cmd(
 ) -> None:
     """Convert every patient (lake subject or input sub-folder); failures land in the catalog."""
     from ingest.cli import console, fail, load
+    from rich.markup import escape
+
     from ingest.logsetup import bars_wanted
 
     from ..catalog import Catalog
@@ -73,7 +75,7 @@ def convert_cmd(
     cfg = load(config)
     out = (output or cfg.rt.output).resolve()
     if input_dir is not None and not input_dir.is_dir():
-        console.print(f"[red]--input {input_dir}: not a folder[/red]")
+        console.print(f"[red]--input {escape(str(input_dir))}: not a folder[/red]")
         raise typer.Exit(2)
     opts = ConvertOptions(mask_mode=masks, compress=compress, supersample=supersample,
                           supersample_below_cc=supersample_below, plane_tol_mm=plane_tolerance,
