@@ -90,7 +90,9 @@ def _plot_by_modality(rows: Sequence[dict]) -> str | None:
     bottom = [0] * len(mods)
     for status in statuses:
         vals = [counts.get((m, status), 0) for m in mods]
-        bars = ax.bar(mods, vals, bottom=bottom, label=status or "(none)")
+        # a status keeps its colour whichever others are absent
+        colour = f"C{STATUSES.index(status)}" if status in STATUSES else None
+        bars = ax.bar(mods, vals, bottom=bottom, label=status or "(none)", color=colour)
         for i, patch in enumerate(bars.patches):
             patch.set_gid(f"{series_id(status or '(none)')}--{i}")
         bottom = [b + v for b, v in zip(bottom, vals)]
