@@ -22,7 +22,8 @@ from reporting.html import write_report
 from reporting.rates import RunRate
 from tests.servers.chromium import Chromium, chromium_path
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium not installed (make system-deps)")
+pytestmark = pytest.mark.skipif(chromium_path() is None,
+                                reason="!!! BROWSER TESTS SKIPPED: chromium not installed (make system-deps)")
 
 BUILD = Path(__file__).resolve().parent.parent / "build" / "browser"
 
