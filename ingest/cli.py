@@ -97,8 +97,8 @@ def require_catalog(cfg) -> None:
     """Refuse (exit 1) a command that reads the catalog when there is none yet: opening one would
     create it empty, and an empty catalog makes an empty master sheet in the EDW outbox."""
     if not cfg.catalog_path.exists():
-        console.print(f"[red]error:[/red] no catalog at {escape(str(cfg.catalog_path))} ([project] state_dir); "
-                      "run `rtlake update` first")
+        console.print("[red]error:[/red] " + escape(f"no catalog at {cfg.catalog_path} ([project] state_dir); "
+                                                   "run `rtlake update` first"))
         raise typer.Exit(1)
 
 
@@ -300,7 +300,6 @@ def review_import(
 
     from .catalog import Catalog
 
-    require_catalog(cfg)
     cat = Catalog(cfg.catalog_path)
     try:
         result = import_review(cat, workbook, cfg, decided_by=by)

@@ -58,8 +58,8 @@ def sessions(
             from ingest.catalog import Catalog
 
             if not cfg.catalog_path.exists():
-                console.print(f"[red]error:[/red] no catalog at {escape(str(cfg.catalog_path))} ([project] state_dir); "
-                              "run `rtlake update` first")
+                console.print("[red]error:[/red] " + escape(f"no catalog at {cfg.catalog_path} ([project] "
+                                                           "state_dir); run `rtlake update` first"))
                 raise typer.Exit(1)
             cat = Catalog(cfg.catalog_path, read_only=True)
             try:

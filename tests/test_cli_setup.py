@@ -102,7 +102,7 @@ def test_commands_reading_the_catalog_refuse_when_there_is_none(tmp_path, args):
     cfg.write_text('[project]\nstate_dir = "state"\n[report]\noutbox = "outbox"\n')
     r = run(*args, "-c", str(cfg), cwd=tmp_path)
     assert r.exit_code == 1, r.output
-    assert "no catalog" in r.output and "rtlake update" in r.output
+    assert "no catalog" in r.output and "rtlake update" in r.output and "[project] state_dir" in r.output
     assert not (tmp_path / "state" / "catalog.duckdb").exists()
     assert not (tmp_path / "outbox").exists()  # no empty master sheet for the EDW
 
