@@ -116,25 +116,85 @@ def update(
     store: Optional[StoreKind] = typer.Option(None, help="Override [store] kind."),
     report: bool = typer.Option(True, help="Build the master sheet and outbox files at the end."),
     progress: bool = typer.Option(True, help="Show progress bars (only on a terminal)."),
+    full: bool = typer.Option(False, "--full", help="List every patient's studies in full (ignore the change log "
+                                                     "and any StudyDate window)."),
+    patient: Optional[list[str]] = typer.Option(None, "--patient", help="Re-harvest only this hospital ID "
+                                                                       "(repeatable); pending work still runs."),
 ) -> None:
-    """Harvest → select → ingest → report, resumable and idempotent."""
+    """Check → harvest → select → ingest → report, resumable and idempotent.
+
+    Exit codes: 0 done, 3 partial (some patients, files or studies failed; listed), 4 failed (source or store
+    unusable; outbox untouched), 130 interrupted (resumable), 2 configuration error, 5 another run holds the lock.
+    """
     overrides = {}
     if source:
         overrides["source.kind"] = source
     if store:
         overrides["store.kind"] = store
     cfg = load(config, overrides)
-    from .run import run_update
+    from .run import EXIT_CONFIG, EXIT_LOCKED, run_update
 
+    _sigterm_is_interrupt()
     try:
-        summary = run_update(cfg, show_progress=progress, build_report=report)
+        summary = run_update(cfg, show_progress=progress, build_report=report, full=full, patients=patient or None)
     except RunLocked as exc:
-        fail(exc, 3)
+        fail(exc, EXIT_LOCKED)
     except ConfigError as exc:
-        fail(exc, 2)
+        fail(exc, EXIT_CONFIG)
     except RtlakeError as exc:
         fail(exc)
+    if summary.status == "interrupted":
+        console.print(f"interrupted: run {summary.run_id} stopped; run the same command again to resume")
+        raise typer.Exit(summary.exit_code)
     summary.print(out_console)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def _sigterm_is_interrupt() -> None:
+    """A service manager's SIGTERM ends the run like Ctrl-C: recorded as interrupted, resumable."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. under a test runner)
+        pass
+
+
+@app.command(epilog="Probes the [source] of the configured kind, the [store] (and its [store.xnat] login), "
+             "[project] state_dir, [report] outbox and [inputs] cohort.")
+def check(config: Optional[Path] = ConfigOpt) -> None:
+    """Check that the source answers, the store takes the configured credentials and folders are writable.
+
+    The same probes an update run makes before any work (C-ECHO, HTTP status, XNAT login, write access to
+    the lake, state folder and outbox, the cohort readable). Exit 0 when all pass, 4 otherwise.
+    """
+    cfg = load(config)
+    from .run import run_checks
+
+    results = run_checks(cfg)
+    out = Console(soft_wrap=True)
+    for name, ok, detail in results:
+        out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name:8} {escape(detail)}")
+    if not all(ok for _, ok, _ in results):
+        raise typer.Exit(4)
+
+
+@app.command(epilog="Reads the catalog in [project] state_dir; refuses when there is none.")
+def status(
+    config: Optional[Path] = ConfigOpt,
+    runs: int = typer.Option(5, help="How many recent runs to list."),
+) -> None:
+    """The lake (subjects, sessions, files), recent runs and outcomes, open failures by reason, review queue."""
+    cfg = load(config)
+    from .status import gather_status, print_status
+
+    if not cfg.catalog_path.is_file():
+        fail(RtlakeError(f"no catalog at {cfg.catalog_path}: run `rtlake update` first"), 2)
+    print_status(gather_status(cfg, n_runs=runs), Console(soft_wrap=True))
 
 
 @app.command(epilog="Reads the catalog in [project] state_dir and writes to [report] outbox; refuses when there "
@@ -263,6 +323,9 @@ def demo(
     cfg = load(paths.config)
     summary = run_update(cfg, show_progress=True, build_report=True)
     summary.print(out_console)
+    # The demo PACS holds two deliberately broken files, so `partial` is its expected outcome.
+    if summary.status not in ("done", "partial"):
+        raise typer.Exit(summary.exit_code)
 
 
 @review_app.command("export", epilog="Reads studies awaiting review from the catalog ([project] state_dir). "

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -144,12 +144,60 @@ class CriteriaConfig(_Section):
     history_dir: Path = Field(Path("criteria-history"), description="Dated copies of the lists after each review import.")
 
 
+# ARIA's roots for RT verification (portal image / CBCT) studies, as the RT-HaND scripts use them.
+# Every other Varian study (planning CT, RTSTRUCT, RTPLAN, RTDOSE) also starts 1.2.246.352.71.1., so
+# the old default "1.2.246.352.71.1." skipped real RT data.
+ARIA_VERIFICATION_ROOTS = ["1.2.246.352.71.1.658820455611", "1.2.246.352.71.1.850931706547"]
+
+
 class HarvestConfig(_Section):
-    overlap_days: int = Field(30, ge=0, description="Re-query this many days before the last harvest.")
+    window_days: int | None = Field(
+        None, ge=0,
+        description="Opt-in StudyDate window: ask each patient only for studies dated after the last harvest "
+                    "minus this many days. Unset (default) lists every study each run, so late-arriving studies "
+                    "with old dates are found. Set only for a PACS where full per-patient queries are too slow: "
+                    "studies imported later with an older date are then MISSED (use `rtlake update --full`).",
+    )
+    use_change_log: bool = Field(
+        True, description="Orthanc REST: visit only patients whose studies changed since the last run "
+                          "(GET /changes), falling back to the full listing when the log cannot cover the gap.",
+    )
+    change_log_page: int = Field(1000, ge=1, description="Orthanc change-log entries read per request.")
     skip_uid_prefixes: list[str] = Field(
-        ["1.2.246.352.71.1."], description="StudyInstanceUID prefixes of RT verification studies to skip."
+        list(ARIA_VERIFICATION_ROOTS),
+        description="UID roots of RT verification studies to skip (whole components: a root matches the UID "
+                    "itself or UIDs continuing with '.'). Default: the two ARIA verification roots.",
     )
     placeholder_dates: list[str] = Field(["2099-01-01"], description="Study dates that mean 'scheduled, no date'.")
+    check_retries: int = Field(
+        1, ge=0, description="Retries of the start-of-run check that the source and store answer (kept short: "
+                             "a dead PACS stops the run within seconds).",
+    )
+    max_consecutive_query_failures: int = Field(
+        3, ge=1, description="After this many patient queries in a row fail as unreachable, the source is checked "
+                             "again; if it does not answer the run stops as failed instead of retrying every patient.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "overlap_days" in data:
+            raise ValueError("overlap_days was removed: by default every run lists each patient's studies in full "
+                             "(late arrivals with old dates are found); to opt in to a StudyDate window set "
+                             "window_days instead")
+        return data
+
+    @field_validator("placeholder_dates")
+    @classmethod
+    def _iso_dates(cls, v: list[str]) -> list[str]:
+        import datetime as _dt
+
+        for d in v:
+            try:
+                _dt.date.fromisoformat(d)
+            except ValueError:
+                raise ValueError(f"{d!r} is not a YYYY-MM-DD date") from None
+        return v
 
 
 class ReportConfig(_Section):

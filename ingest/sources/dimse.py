@@ -158,26 +158,31 @@ class DimseSource(QueryLookups, Source):
         raise SourceUnavailable(f"{self.peer}: could not open an association for {what} "
                                 f"(connection refused, aborted or timed out)")
 
+    def _echo_once(self) -> None:
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        assoc = self._associate(ae, "C-ECHO")
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or "Status" not in status:
+            raise SourceUnavailable(f"{self.peer}: no C-ECHO response")
+        if status.Status != 0:
+            raise SourceError(f"{self.peer}: C-ECHO failed with {status_text(status.Status)}")
+
     def echo(self) -> None:
-        """C-ECHO, so a misconfigured PACS fails at start-up with a clear message.
+        """C-ECHO with the transfer's retries, so a misconfigured PACS fails at start-up with a clear message.
 
         Raises:
             SourceUnavailable/SourceError: unreachable, rejected, or a non-success status.
         """
-        def once() -> None:
-            ae = self._ae()
-            ae.add_requested_context(Verification)
-            assoc = self._associate(ae, "C-ECHO")
-            try:
-                status = assoc.send_c_echo()
-            finally:
-                assoc.release()
-            if not status or "Status" not in status:
-                raise SourceUnavailable(f"{self.peer}: no C-ECHO response")
-            if status.Status != 0:
-                raise SourceError(f"{self.peer}: C-ECHO failed with {status_text(status.Status)}")
+        self.transfer.call(self._echo_once, "C-ECHO")
 
-        self.transfer.call(once, "C-ECHO")
+    def check(self) -> str:
+        """One C-ECHO (no retries): the association is accepted and Verification answers success."""
+        self._echo_once()
+        return f"{self.name}: C-ECHO to {self.called_aet}@{self.host}:{self.port} as {self.calling_aet} succeeded"
 
     # -- queries -----------------------------------------------------------------------------
     def _find_association(self):
