@@ -28,8 +28,8 @@ from pathlib import Path
 from rich.console import Console
 
 #: Loggers of libraries rtlake calls: silent by default, WARNING with -vv, never DEBUG.
-THIRD_PARTY = ("pynetdicom", "urllib3", "requests", "xnat", "distributed", "asyncio", "dask", "matplotlib",
-               "PIL", "fsspec", "tornado", "SimpleITK")
+THIRD_PARTY = ("pynetdicom", "pydicom", "urllib3", "requests", "xnat", "distributed", "asyncio", "dask",
+               "matplotlib", "PIL", "fsspec", "tornado", "SimpleITK", "py.warnings")
 #: Our own packages: the only ones whose tracebacks are ever shown (and then only with -vv).
 OWN = ("ingest", "reporting", "criteria")
 
@@ -163,6 +163,10 @@ def configure(verbose: int = 0, log_file: Path | None = None) -> None:
     root.setLevel(min(h.level for h in _handlers))
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.WARNING if verbose >= 2 else logging.CRITICAL + 1)
+    # Python warnings (pydicom's "Invalid value for VR …", which can quote a tag's value) would
+    # print as two raw lines on stderr; as records they are one line, held with the libraries.
+    logging.captureWarnings(False)  # (re)install even if someone swapped warnings.showwarning since
+    logging.captureWarnings(True)
 
 
 class _StderrProxy:

@@ -68,6 +68,8 @@ MUST_NAME = {
     ("review", "import"): ["[criteria]"],
     ("demo-data",): ["[source]", "[store]"],
     ("init",): ["[project]", "[rt]", "[inputs]"],
+    ("check",): ["[source]", "[store]", "[report]"],
+    ("status",): ["[project]"],
 }
 
 

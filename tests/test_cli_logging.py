@@ -93,6 +93,22 @@ def test_library_warnings_show_with_vv_but_never_debug(capsys):
     assert "9434765919" not in err  # library debug lines carry identifiers in URLs: never shown
 
 
+def test_python_warnings_become_quiet_records(capsys):
+    import warnings
+
+    logsetup.configure(0)
+    try:
+        warnings.warn("Invalid value for VR PN: 'SMITH^JOHN'", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == ""  # a library warning can quote a value: not by default
+        logsetup.configure(2)
+        warnings.warn("Invalid value for VR UI: '1.2.3.abc'", UserWarning, stacklevel=1)
+        err = capsys.readouterr().err
+    finally:
+        logsetup.configure(0)
+    lines = err.splitlines()
+    assert len(lines) == 1 and RECORD.match(lines[0]) and "py.warnings" in lines[0], err
+
+
 def test_iso_time_is_unambiguous():
     import datetime as dt
 
