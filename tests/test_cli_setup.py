@@ -174,7 +174,8 @@ def test_review_dropdown_refuses_values_outside_the_list(tmp_path):
     ws = openpyxl.load_workbook(tmp_path / "q.xlsx").active
     (dv,) = ws.data_validations.dataValidation
     assert dv.type == "list" and dv.formula1 == '"include,exclude"'
-    assert dv.showErrorMessage and dv.errorStyle in (None, "stop")  # stop is the xlsx default
+    # what Excel enforces: the error alert on, style "stop" (refuse the value), drop-down shown
+    assert dv.showErrorMessage and dv.errorStyle == "stop" and not dv.showDropDown
     assert str(dv.sqref) == "G2:G7"  # the Decision cell of each of the six rows
 
 
