@@ -121,35 +121,45 @@ def test_two_batches_find_exactly_the_new_studies(kind, scenario_orthanc, scenar
     assert _state(cfg)[:3] == (seen2, stored2, files2)
 
 
-def test_orthanc_no_op_run_costs_a_handful_of_requests(scenario_orthanc, scenario_files, tmp_path):
-    """With the change log, a run with nothing new reads /system and /changes, not one query per patient."""
+def test_orthanc_no_op_run_costs_a_handful_of_requests(scenario_orthanc, scenario_files, tmp_path, monkeypatch):
+    """With the change log, a run with nothing new reads /system and /changes, not one query per patient.
+
+    Requests are counted at the HTTP client (every requests.Session.send of this process)."""
+    import requests
+
     srv = scenario_orthanc
     first, b1, b2 = scenario_files
     srv.clear()
     srv.upload(b1 + b2)
     S.write_inputs(tmp_path, stage=2)
-    proxy = FaultProxy()
-    port = proxy.start("127.0.0.1", srv.http_port, fault_rate=0.0)
-    try:
-        cfg = _cfg(tmp_path, "orthanc", srv, {"source.orthanc.url": srv.url.replace(str(srv.http_port), str(port))})
-        first_run = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
-        assert first_run.status == "done" and "full listing" in first_run.harvest_mode
-        before = proxy.counters["requests"]
-        again = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
-        used = proxy.counters["requests"] - before
-        assert again.status == "done" and again.counts["patients_queried"] == 0
-        assert used < 10, used
-        assert again.harvest_mode.startswith("change log: 0 of")
-        # a new study for one patient: only that patient is listed
-        extra = S.write_files([S._study("SX", "P2", "2016-01-01", "CT Other Hospital")], tmp_path / "bx")
-        srv.upload(extra)
-        after = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
-        assert after.counts["patients_queried"] == 1 and after.counts["new_studies"] == 1
-        # --full lists everyone again
-        full = run_update(cfg, show_progress=False, build_report=False, today=RUN2, full=True)
-        assert full.counts["patients_queried"] == 5 and full.counts["new_studies"] == 0  # P4 is deceased
-    finally:
-        proxy.stop()
+    sent = {"n": 0}
+    real_send = requests.Session.send
+
+    def counting_send(self, request, **kw):
+        sent["n"] += 1
+        return real_send(self, request, **kw)
+
+    monkeypatch.setattr(requests.Session, "send", counting_send)
+    cfg = _cfg(tmp_path, "orthanc", srv)
+    first_run = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
+    assert first_run.status == "done" and "full listing" in first_run.harvest_mode
+    before = sent["n"]
+    again = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
+    used = sent["n"] - before
+    assert again.status == "done" and again.counts["patients_queried"] == 0
+    assert used < 10, used
+    assert again.harvest_mode.startswith("change log: 0 of")
+    # a new study for one patient: only that patient is listed
+    extra = S.write_files([S._study("SX", "P2", "2016-01-01", "CT Other Hospital")], tmp_path / "bx")
+    srv.upload(extra)
+    after = run_update(cfg, show_progress=False, build_report=False, today=RUN2)
+    assert after.counts["patients_queried"] == 1 and after.counts["new_studies"] == 1
+    # --full lists everyone again
+    full = run_update(cfg, show_progress=False, build_report=False, today=RUN2, full=True)
+    assert full.counts["patients_queried"] == 5 and full.counts["new_studies"] == 0  # P4 is deceased
+    # --patient lists only that one
+    one = run_update(cfg, show_progress=False, build_report=False, today=RUN2, patients=[S.PATIENTS["P1"]])
+    assert one.counts["patients_queried"] == 1 and one.harvest_mode.startswith("targeted")
 
 
 def test_orthanc_reset_falls_back_to_full_listing(scenario_orthanc, scenario_files, tmp_path):

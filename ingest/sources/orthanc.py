@@ -96,7 +96,7 @@ class OrthancSource(QueryLookups, Source):
                 if seq > last:
                     continue  # arrived after we started; the next run reads it
                 kind, rid = ch.get("ResourceType"), ch.get("ID")
-                if ch.get("ChangeType") == "Deleted" or not rid:
+                if ch.get("ChangeType") in _NO_NEW_CONTENT or not rid:
                     continue
                 if kind == "Patient":
                     if rid in by_orthanc_id:
@@ -262,6 +262,14 @@ class OrthancSource(QueryLookups, Source):
 
     def close(self) -> None:
         self.client.session.close()
+
+
+# Change types that never mean new or changed DICOM content (Orthanc's ChangeType enumeration):
+# "stable" fires StableAge seconds after the last instance, deletions leave nothing to harvest.
+# Anything not listed (NewInstance, NewSeries, ModifiedStudy, UpdatedAttachment, …) sends the
+# patient for a listing, so an unknown future type errs on the side of looking.
+_NO_NEW_CONTENT = frozenset({"StablePatient", "StableStudy", "StableSeries", "Deleted", "CompletedSeries",
+                             "JobSubmitted", "JobSuccess", "JobFailure", "UpdatedMetadata"})
 
 
 def _orthanc_patient_id(patient_id: str) -> str:
