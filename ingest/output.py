@@ -105,11 +105,10 @@ def _cell(c: Column, v: Any) -> str:
 
 def _min_width(c: Column, cells: list[str]) -> int:
     """Narrowest a column may be: its longest unbreakable piece (a whole cell unless free text)."""
-    pieces = [c.title, *cells]
+    header = max((len(w) for w in c.title.split()), default=1)  # headers may wrap at spaces
     if c.wrap:
-        return max((len(w) for p in pieces for w in p.split()), default=1)
-    return max((len(w) for w in c.title.split()), default=1) if not cells else max(
-        max(len(x) for x in cells), max((len(w) for w in c.title.split()), default=1))
+        return max([header, *(len(w) for x in cells for w in x.split())])
+    return max([header, *(len(x) for x in cells)])
 
 
 def _table(rows: list[Mapping[str, Any]], cols: list[Column], title: str | None, out: IO[str],
