@@ -198,6 +198,12 @@ MIGRATIONS: list[str] = [
         relabelled_at TIMESTAMP NOT NULL
     );
     """,
+    # 4 (issue 13): failure rates for imported lists: the run whose selection a list answers, and/or
+    #    how many studies the batch sent (JSON {"CT": 40, "*": 120}; "*" = all modalities together).
+    """
+    ALTER TABLE failure_imports ADD COLUMN batch_run VARCHAR;
+    ALTER TABLE failure_imports ADD COLUMN attempted VARCHAR;
+    """,
 ]
 
 

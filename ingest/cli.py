@@ -67,7 +67,12 @@ def main(
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="Also append one-line log records here."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
+    import os
+
     from .logsetup import configure
+    from .security import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)  # catalog, outbox and lake name patients: owner-only unless [security] says otherwise
 
     configure(verbose, log_file)
 
@@ -177,9 +182,10 @@ def check(config: Optional[Path] = ConfigOpt) -> None:
 
     results = run_checks(cfg)
     out = Console(soft_wrap=True)
+    marks = {True: "[green]ok[/green]  ", False: "[red]FAIL[/red]", None: "[yellow]warn[/yellow]"}
     for name, ok, detail in results:
-        out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name:8} {escape(detail)}")
-    if not all(ok for _, ok, _ in results):
+        out.print(f"{marks[ok]} {name:8} {escape(detail)}")
+    if any(ok is False for _, ok, _ in results):
         raise typer.Exit(4)
 
 
@@ -206,6 +212,8 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
     from .lock import run_lock
     from reporting.build import build_reports
 
+    from .security import share_outbox
+
     require_catalog(cfg)
     try:
         with run_lock(cfg.state_dir):
@@ -214,6 +222,7 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
                 outputs = build_reports(cfg, cat)
             finally:
                 cat.close()
+        share_outbox(cfg.report.outbox, outputs, cfg.security.outbox_group, cfg.security.outbox_mode_bits)
     except RtlakeError as exc:
         fail(exc)
     for p in outputs:

@@ -214,6 +214,29 @@ class LoggingConfig(_Section):
     )
 
 
+class SecurityConfig(_Section):
+    outbox_group: str | None = Field(
+        None, description="Group that may read the EDW outbox (e.g. the EDW service account's group); none = "
+                          "owner-only like everything else rtlake writes (files 0600, folders 0700).",
+    )
+    outbox_mode: str = Field("0640", description="File mode of outbox files when outbox_group is set (octal).")
+
+    @field_validator("outbox_mode")
+    @classmethod
+    def _octal(cls, v: str) -> str:
+        try:
+            m = int(v, 8)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an octal file mode such as '0640'") from None
+        if m & 0o007:
+            raise ValueError(f"{v!r} gives access to every account on the machine; share with a group instead")
+        return v
+
+    @property
+    def outbox_mode_bits(self) -> int:
+        return int(self.outbox_mode, 8)
+
+
 class PseudoConfig(_Section):
     enabled: bool = Field(False, description="Pseudonymise studies on the way into the store.")
     profile: Path | None = Field(None, description="Pseudonymisation profile (TOML); none = built-in default.")
@@ -236,6 +259,7 @@ class Config(_Section):
     harvest: HarvestConfig = HarvestConfig()
     report: ReportConfig = ReportConfig()
     logging: LoggingConfig = LoggingConfig()
+    security: SecurityConfig = SecurityConfig()
     pseudo: PseudoConfig = PseudoConfig()
     rt: RtConfig = RtConfig()
 

@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -37,6 +38,7 @@ from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
 from .lock import run_lock
 from .logsetup import set_run_id
+from .security import loose, private_umask, share_outbox, walk
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
@@ -113,7 +115,7 @@ class RunSummary:
             for stage, reason, n in self.failure_groups:
                 t.add_row(stage, reason, str(n))
             console.print(t)
-            console.print("see them: rtlake failures list --open  ·  rtlake status", soft_wrap=True)
+            console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
             console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
         for p in self.outputs:
@@ -689,8 +691,11 @@ def check_preconditions(cfg: Config) -> None:
         load_key(cfg.pseudo.key_env)
 
 
-def check_writable(folder: Path, what: str) -> str:
-    """Create and remove a probe file in `folder` (made if missing).
+def check_writable(folder: Path, what: str, create: bool = True) -> str:
+    """Create and remove a probe file in `folder` (made if missing, unless `create` is off).
+
+    With `create` off (`rtlake check` changes nothing), a missing folder passes when the nearest
+    existing parent lets us create it.
 
     Raises:
         RunFailed: the folder cannot be created or written.
@@ -698,6 +703,11 @@ def check_writable(folder: Path, what: str) -> str:
     import uuid
 
     folder = Path(folder)
+    if not create and not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+            raise RunFailed(f"{what} {folder} does not exist and cannot be created")
+        return f"{what}: {folder} does not exist yet; it will be created"
     probe = folder / f".rtlake-check-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -728,8 +738,8 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         except (RtlakeError, OSError, ValueError) as exc:
             results.append((name, False, str(exc)))
 
-    attempt("state", lambda: check_writable(cfg.state_dir, "[project] state_dir"))
-    attempt("outbox", lambda: check_writable(Path(cfg.report.outbox), "[report] outbox"))
+    attempt("state", lambda: check_writable(cfg.state_dir, "[project] state_dir", create=False))
+    attempt("outbox", lambda: check_writable(Path(cfg.report.outbox), "[report] outbox", create=False))
 
     def cohort() -> str:
         c = read_cohort(cfg.inputs.cohort)
@@ -747,6 +757,7 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         return src.check()
 
     attempt("source", source)
+    results.extend(_permission_checks(cfg))
     for src in src_holder:
         src.close()
 
@@ -761,6 +772,26 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     return results
 
 
+def _permission_checks(cfg: Config) -> list[tuple[str, bool | None, str]]:
+    """Warn about existing files looser than owner-only where rtlake keeps identifiers."""
+    out: list[tuple[str, bool | None, str]] = []
+    outbox = Path(cfg.report.outbox)
+    places = [("state", Path(cfg.state_dir), {}), ("outbox", outbox, {})]
+    if cfg.security.outbox_group:
+        places[1] = ("outbox", outbox, {outbox: cfg.security.outbox_mode_bits & 0o070 | 0o050})
+    if cfg.store.kind == "lake":
+        places.append(("lake", Path(cfg.store.lake.path), {}))
+    for name, root, allowed in places:
+        bad = loose(walk(root), allowed)
+        if bad:
+            p, m = bad[0]
+            out.append(("perms", None, f"{len(bad)} file(s)/folder(s) under {name} {root} are readable by other "
+                                       f"accounts (e.g. {p.name} is {m:04o}); chmod -R go-rwx {root}"))
+        elif root.exists():
+            out.append(("perms", True, f"{name} {root}: owner-only"))
+    return out
+
+
 def run_update(cfg: Config, show_progress: bool = True, build_report: bool = True, *, full: bool = False,
                patients: list[str] | None = None, today: dt.date | None = None) -> RunSummary:
     """One whole update run under the state-folder lock; always returns its summary with an outcome.
@@ -773,7 +804,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
         ConfigError: the configuration cannot work (checked before anything is touched).
     """
     check_preconditions(cfg)
-    with run_lock(cfg.state_dir):
+    with private_umask(), run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:
             with _progress(show_progress) as progress:
@@ -784,6 +815,8 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                 except RunFailed as exc:
                     summary.status, summary.message = "failed", str(exc)
                     log.error("run failed: %s", exc)
+                    # kept like every other failure (and cleared by the next run that gets past this point)
+                    run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
@@ -820,6 +853,7 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
+    run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
     try:
         alive = run.load_patients()
     except RtlakeError as exc:
@@ -853,5 +887,7 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         sweep_temp(Path(cfg.report.outbox))
         failpoints.hit("report.write")
         run.summary.outputs = list(build_reports(cfg, run.cat, run.run_id))
+        share_outbox(Path(cfg.report.outbox), run.summary.outputs, cfg.security.outbox_group,
+                     cfg.security.outbox_mode_bits)
         # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
         run.summary.warnings += run_warnings(cfg, run.cat, run.run_id)

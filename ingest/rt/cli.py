@@ -150,7 +150,9 @@ def link_cmd(
 
     from .linkage import inventory, select_course
 
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    from ..bookkeeping import input_files
+
+    files = input_files(input_dir)
     inv = inventory(files)
     course = select_course(inv)
     typer.echo(json.dumps({"images_summary": inv.summary(), **course.describe(),

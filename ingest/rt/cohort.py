@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bookkeeping import input_files
 from ..atomic import write_text
 from .convert import ConvertOptions, PatientJob, PatientResult, convert_patient, patient_dir
 
@@ -48,7 +49,7 @@ def jobs_from_folder(input_dir: Path, output: Path) -> list[PatientJob]:
     """One job per sub-folder of `input_dir` (every file below it, recursively)."""
     jobs = []
     for sub in sorted(p for p in Path(input_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f) for f in sub.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = [str(f) for f in input_files(sub)]  # a lake session's session.json is not DICOM
         jobs.append(PatientJob(sub.name, files, str(output)))
     return jobs
 

@@ -36,6 +36,7 @@ class OrthancSource(QueryLookups, Source):
         self.series_details = series_details
         self.wado = WadoRs(client, dicomweb_root or f"{self.url}/dicom-web")
         self._ids: dict[str, str] = {}  # StudyInstanceUID -> Orthanc study ID, filled by queries
+        self.change_page = 1000
 
     @classmethod
     def from_config(cls, cfg) -> "OrthancSource":
@@ -43,7 +44,9 @@ class OrthancSource(QueryLookups, Source):
         transfer = Transfer.from_config(cfg.source.transfer, cfg.source.name)
         session = make_session(sec, transfer.concurrency)
         client = HttpClient(session, transfer, cfg.source.name, env_hint(sec), tls_section="[source.orthanc]")
-        return cls(sec.url, client, name=cfg.source.name, retrieve=sec.retrieve, series_details=sec.series_details)
+        src = cls(sec.url, client, name=cfg.source.name, retrieve=sec.retrieve, series_details=sec.series_details)
+        src.change_page = cfg.harvest.change_log_page
+        return src
 
     # -- health and change log ---------------------------------------------------------------
     def check(self) -> str:
@@ -53,7 +56,7 @@ class OrthancSource(QueryLookups, Source):
             raise SourceError(f"{self.name}: GET /system: unexpected answer (not an object)")
         return f"{self.name}: Orthanc {info.get('Version', '?')} ({info.get('Name', '?')}) at {self.url}"
 
-    def changes(self, cursor: str | None, cohort: set[str], page: int = 1000,
+    def changes(self, cursor: str | None, cohort: set[str], page: int | None = None,
                 max_lookups: int | None = None) -> ChangeFeed:
         """Cohort patients with new or changed resources since `cursor`, from Orthanc's change log.
 
@@ -66,6 +69,7 @@ class OrthancSource(QueryLookups, Source):
         (cleared with DELETE /changes), or when resolving would cost more requests than listing
         every patient.
         """
+        page = page or self.change_page
         requests = 0
         start = self.client.json("GET", f"{self.url}/changes?last", "GET /changes?last")
         requests += 1
