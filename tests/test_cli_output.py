@@ -101,6 +101,10 @@ def test_failures_list_csv_round_trips(tmp_path):
     r = CliRunner().invoke(app, ["failures", "list", "-c", str(cfg), "--csv"], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    # one row set: imported failed studies and rtlake's own failures, told apart by `kind`
+    assert list(rows[0]) == ["kind", "study_date", "accession", "study_uid", "modalities", "status", "category",
+                             "first_seen_run", "last_seen_run", "state", "stage", "target", "reason", "run_id"]
+    assert [row["kind"] for row in rows] == ["imported", "imported"]  # no run has failed anything yet
     assert [row["study_uid"] for row in rows] == [UID, ""]
     assert [row["accession"] for row in rows] == ["RJZ5041234", "ACC,2"]
     assert [row["study_date"] for row in rows] == ["2018-01-02", "2024-03-05"]
@@ -108,8 +112,6 @@ def test_failures_list_csv_round_trips(tmp_path):
     assert [row["status"] for row in rows] == ["should have been ingested", "no images found"]
     assert all(row["first_seen_run"].startswith("import-") and row["first_seen_run"] == row["last_seen_run"]
                for row in rows)
-    assert list(rows[0]) == ["study_date", "accession", "study_uid", "modalities", "status", "category",
-                             "first_seen_run", "last_seen_run"]
 
 
 def test_failures_list_table_at_80_columns_cuts_nothing(tmp_path):
@@ -123,12 +125,15 @@ def test_failures_list_table_at_80_columns_cuts_nothing(tmp_path):
     assert [x["accession"] for x in json.loads(j.stdout)] == ["RJZ5041234", "ACC,2"]
 
 
-def test_failures_rates_csv_header_with_no_runs(tmp_path):
+def test_failures_rates_csv_for_a_list_of_unknown_batch_size(tmp_path):
     cfg = _project(tmp_path)
     r = CliRunner().invoke(app, ["failures", "rates", "-c", str(cfg), "--csv"])
     assert r.exit_code == 0, r.output
-    # no update run has attempted anything yet: a header and no rows (not an error, not a table)
-    assert r.stdout == "run_id,modality,attempted,failed,rate,baseline,threshold,out_of_line\n"
+    # no update run yet; the imported list gives one row per modality it names (PET-CT counts as
+    # PET), attempted and rate unknown (empty), MR with its configured 7 % baseline
+    assert r.stdout == ("kind,run_id,batch_of,modality,attempted,failed,rate,baseline,threshold,out_of_line\n"
+                        "list,failures.json,,MR,,1,,0.07,,False\n"
+                        "list,failures.json,,PET,,1,,,,False\n")
 
 
 def test_csv_and_json_together_is_a_usage_error(tmp_path):
