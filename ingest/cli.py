@@ -139,7 +139,7 @@ def update(
     cfg = load(config, overrides)
     from .run import EXIT_CONFIG, EXIT_LOCKED, run_update
 
-    _sigterm_is_interrupt()
+    previous = _sigterm_is_interrupt()
     try:
         summary = run_update(cfg, show_progress=progress, build_report=report, full=full, patients=patient or None)
     except RunLocked as exc:
@@ -148,6 +148,8 @@ def update(
         fail(exc, EXIT_CONFIG)
     except RtlakeError as exc:
         fail(exc)
+    finally:
+        _restore_sigterm(previous)
     if summary.status == "interrupted":
         console.print(f"interrupted: run {summary.run_id} stopped; run the same command again to resume")
         raise typer.Exit(summary.exit_code)
@@ -156,17 +158,30 @@ def update(
         raise typer.Exit(summary.exit_code)
 
 
-def _sigterm_is_interrupt() -> None:
-    """A service manager's SIGTERM ends the run like Ctrl-C: recorded as interrupted, resumable."""
+def _sigterm_is_interrupt():
+    """A service manager's SIGTERM ends the run like Ctrl-C: recorded as interrupted, resumable.
+
+    Returns the previous handler, restored after the run (the command may run inside another
+    program, e.g. a test runner, whose own SIGTERM handling must come back)."""
     import signal
 
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. under a test runner)
-        pass
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass
 
 
 @app.command(epilog="Probes the [source] of the configured kind, the [store] (and its [store.xnat] login), "
@@ -223,6 +238,8 @@ def report(config: Optional[Path] = ConfigOpt) -> None:
             finally:
                 cat.close()
         share_outbox(cfg.report.outbox, outputs, cfg.security.outbox_group, cfg.security.outbox_mode_bits)
+    except RunLocked as exc:
+        fail(exc, 5)
     except RtlakeError as exc:
         fail(exc)
     for p in outputs:

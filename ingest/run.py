@@ -166,14 +166,18 @@ class UpdateRun:
 
     # -- helpers ----------------------------------------------------------------
     def fail(self, stage: str, target: str, reason: str, study_uid: str | None = None,
-             exc: BaseException | None = None, hospital_id: str | None = None) -> None:
-        """Record a failure in the catalog (identified side); the log line names no patient."""
+             exc: BaseException | None = None, hospital_id: str | None = None, log_text: str | None = None) -> None:
+        """Record a failure in the catalog (identified side); the log line names no patient.
+
+        `log_text` replaces the reason in the log when the reason itself carries identifiers
+        (e.g. a cohort row's conflicting NHS numbers)."""
+        said = log_text or reason
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), said)
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), said)
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:
@@ -208,8 +212,8 @@ class UpdateRun:
     def load_patients(self) -> list[str]:
         """Upsert the cohort; returns the hospital IDs to harvest (deceased left out)."""
         cohort = read_cohort(self.cfg.inputs.cohort)
-        for p in cohort.problems:
-            self.fail("inputs", f"{p.path}:{p.line}", p.message)
+        for p in cohort.problems:  # `public`: the same problem without the NHS numbers it names
+            self.fail("inputs", f"{p.path}:{p.line}", p.message, log_text=getattr(p, "public", "") or p.message)
         deceased: set[str] = set()
         if self.cfg.inputs.deceased is not None:
             deceased, problems = read_deceased(self.cfg.inputs.deceased)

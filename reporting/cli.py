@@ -49,7 +49,7 @@ def _catalog(cfg, write: bool = True, must_exist: bool = True):
             yield cat
     except RunLocked as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(3) from None
+        raise typer.Exit(5) from None  # the exit code of `update` when locked
 
 
 def _run_id(prefix: str) -> str:

@@ -215,3 +215,29 @@ def test_everything_created_is_owner_only_and_the_outbox_can_be_shared(fresh_dem
     (root / "lake").chmod(0o755)
     c = _run("check", "-c", str(cfg))
     assert "warn" in c.stdout and "chmod -R go-rwx" in c.stdout and c.returncode == 0
+
+
+def test_conflicting_nhs_numbers_are_never_guessed(fresh_demo):
+    """A hospital ID listed twice with two different valid NHS numbers is filed as NN_<id> (the SOP's answer
+    for 'no trusted number'); the conflict is a failure row naming both, and the console names neither."""
+    import csv
+
+    from tests.scenario_pacs import _nhs
+
+    cfg = fresh_demo.config
+    p = next(p for p in fresh_demo.patients if p.nhs_number and not p.deceased and p.studies)
+    other = next(n for n in (_nhs(k) for k in range(1, 50)) if n != p.nhs_number)
+    with open(fresh_demo.cohort, "a", newline="") as fh:
+        csv.writer(fh).writerow([p.hospital_id, other])
+    r = _run("update", "-c", str(cfg), "--no-progress")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert p.nhs_number not in r.stderr + r.stdout and other not in r.stderr + r.stdout
+    cat = Catalog(fresh_demo.root / "state" / "catalog.duckdb", read_only=True)
+    try:
+        subjects = {s for (s,) in cat.execute("SELECT DISTINCT subject FROM sessions WHERE hospital_id = ?",
+                                              [p.hospital_id]).fetchall()}
+        reasons = [r for (r,) in cat.execute("SELECT reason FROM failures WHERE stage = 'inputs'").fetchall()]
+    finally:
+        cat.close()
+    assert subjects == {f"NN_{p.hospital_id}"}
+    assert any(p.nhs_number in x and other in x for x in reasons), reasons

@@ -114,7 +114,7 @@ def convert_cmd(
             finally:
                 cat.close()
     except RunLocked as exc:
-        fail(exc, 3)
+        fail(exc, 5)  # as `update`: another run holds the lock
     except RtlakeError as exc:
         fail(exc)
     c = summary.counts()
