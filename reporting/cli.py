@@ -3,7 +3,7 @@
 Thin over the library: each command loads the config, takes the run lock for anything that
 writes the catalog, and prints file:line problems so nothing is lost without the user seeing.
 Exit codes: 0 done (problems may have been reported), 1 a file could not be used at all,
-2 config error, 3 another run holds the lock.
+2 config or usage error, 5 another run holds the lock.
 """
 
 from __future__ import annotations
