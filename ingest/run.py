@@ -38,6 +38,7 @@ from .config import Config
 from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
 from .lock import run_lock
+from .logsetup import set_run_id
 from .security import loose, private_umask, share_outbox, walk
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
@@ -132,9 +133,12 @@ def reason_group(reason: str) -> str:
 
 
 def _progress(show: bool) -> Progress:
+    from .logsetup import bars_wanted, err_console
+
+    # stderr, and only to a terminal: stdout carries the summary, a log file wants no bars
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show, transient=False, console=Console(stderr=True),
+        disable=not bars_wanted(show), transient=False, console=err_console,
     )
 
 
@@ -156,6 +160,7 @@ class UpdateRun:
         self.source: Source | None = None
         self.store: Store | None = None
         self.run_id = catalog.start_run(cfg.source.kind, cfg.store.kind)
+        set_run_id(self.run_id)  # every log line from here on names this run
         self.summary = RunSummary(self.run_id)
         self.today = today or dt.date.today()
         self._placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}

@@ -241,3 +241,15 @@ def test_conflicting_nhs_numbers_are_never_guessed(fresh_demo):
         cat.close()
     assert subjects == {f"NN_{p.hospital_id}"}
     assert any(p.nhs_number in x and other in x for x in reasons), reasons
+
+
+def test_missing_xnat_credentials_is_failed_not_done(fresh_demo, xnat_server, xnat_env, monkeypatch):
+    cfg = Path(fresh_demo.config)
+    cfg.write_text(cfg.read_text() + f'\n[store.xnat]\nurl = "{xnat_server.url}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("RTLAKE_XNAT_USER", "RTLAKE_XNAT_PASSWORD")}
+    env["HOME"] = str(fresh_demo.root)  # no ~/.netrc to fall back on
+    r = subprocess.run([*RTLAKE, "update", "-c", str(cfg), "--store", "xnat", "--no-progress"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 4, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "RTLAKE_XNAT_USER" in r.stdout + r.stderr
+    assert not xnat_server.experiments
