@@ -75,11 +75,13 @@ class Conflict:
 
     @property
     def reason(self) -> str:
+        """For failure rows and log lines: names the instance and the study, never a store path (a lake path
+        holds the subject label); both sources are in the `conflicts` table."""
         if self.resolution == "kept_stored":
-            return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} is already stored from {self.source_a} "
-                    f"with other content; this copy was not stored")
-        return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} arrived twice with different content "
-                f"(also {self.source_a}); neither copy stored until one is removed from the PACS")
+            return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} is already stored (study "
+                    f"{self.study_uid_a or self.study_uid}) with other content; this copy was not stored")
+        return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} arrived twice with different content in "
+                f"study {self.study_uid}; neither copy stored until one is removed from the PACS")
 
 
 @dataclass

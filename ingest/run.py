@@ -659,7 +659,7 @@ class UpdateRun:
         for target, reason in res.problems:
             self.fail("store", target, reason, uid)
         damaged = self._record_integrity(plan, got, res)
-        if not res.files:  # every file was refused or in conflict: nothing to call stored
+        if damaged and not res.files:  # every file was refused or in conflict: nothing to call stored
             self._failed(plan, "store", RtlakeError(f"study {uid}: nothing stored ({damaged} damaged or "
                                                     "conflicting files, listed separately)"))
             return
