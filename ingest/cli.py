@@ -208,14 +208,14 @@ def check(config: Optional[Path] = ConfigOpt) -> None:
 def status(
     config: Optional[Path] = ConfigOpt,
     runs: int = typer.Option(5, help="How many recent runs to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole status as one JSON object."),
 ) -> None:
     """The lake (subjects, sessions, files), recent runs and outcomes, open failures by reason, review queue."""
     cfg = load(config)
     from .status import gather_status, print_status
 
-    if not cfg.catalog_path.is_file():
-        fail(RtlakeError(f"no catalog at {cfg.catalog_path}: run `rtlake update` first"), 2)
-    print_status(gather_status(cfg, n_runs=runs), Console(soft_wrap=True))
+    require_catalog(cfg)
+    print_status(gather_status(cfg, n_runs=runs), Console(soft_wrap=True), "json" if as_json else "table")
 
 
 @app.command(epilog="Reads the catalog in [project] state_dir and writes to [report] outbox; refuses when there "

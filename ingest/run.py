@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -96,7 +97,8 @@ class RunSummary:
         head = f"rtlake update {self.run_id}: {self.status.upper()}"
         if self.message:
             head += f" — {self.message}"
-        console.print(head, style={"done": "green", "partial": "yellow"}.get(self.status, "red"), soft_wrap=True)
+        console.print(escape(head), style={"done": "green", "partial": "yellow"}.get(self.status, "red"),
+                      soft_wrap=True)
         this = Table(title=f"this run{' (' + self.harvest_mode + ')' if self.harvest_mode else ''}")
         this.add_column("step")
         this.add_column("count", justify="right")
@@ -114,11 +116,11 @@ class RunSummary:
             for c in ("stage", "reason", "count"):
                 t.add_column(c, overflow="fold")
             for stage, reason, n in self.failure_groups:
-                t.add_row(stage, reason, str(n))
+                t.add_row(stage, escape(reason), str(n))
             console.print(t)
             console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
         for p in self.outputs:
             console.print(f"wrote {p}", soft_wrap=True)
 

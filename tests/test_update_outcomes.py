@@ -168,7 +168,7 @@ def test_pacs_dying_mid_harvest_stops_the_run(orthanc_loaded, pacs_cohort, tmp_p
 def test_status_shows_lake_runs_failures_and_review(fresh_demo):
     cfg = fresh_demo.config
     r = _run("status", "-c", str(cfg))
-    assert r.returncode == 2 and "run `rtlake update` first" in r.stderr  # no catalog yet: nothing created
+    assert r.returncode == 1 and "run `rtlake update` first" in r.stderr  # no catalog yet: nothing created
     assert not (fresh_demo.root / "state" / "catalog.duckdb").exists()
     assert _run("update", "-c", str(cfg), "--no-progress").returncode == 3
     r = _run("status", "-c", str(cfg))
@@ -186,6 +186,12 @@ def test_status_shows_lake_runs_failures_and_review(fresh_demo):
     assert f"review queue: {review} descriptions" in r.stdout
     assert "partial" in r.stdout  # the last run's outcome
     assert "open failures: 2" in r.stdout and "index" in r.stdout  # the demo's two broken files
+    j = _run("status", "-c", str(cfg), "--json")
+    import json
+
+    st = json.loads(j.stdout)
+    assert st["lake"] == {"subjects": subj, "sessions": sess, "files": files, "sessions_pending": 0}
+    assert st["runs"][0]["status"] == "partial" and sum(g["count"] for g in st["open_failures"]) == 2
 
 
 def test_everything_created_is_owner_only_and_the_outbox_can_be_shared(fresh_demo):
