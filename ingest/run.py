@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import duckdb
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -142,6 +143,21 @@ def _progress(show: bool) -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         disable=not bars_wanted(show), transient=False, console=err_console,
     )
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(st: StudyRecord) -> StudyRecord:
+    """The record with lone surrogates (a PACS answer decoded with errors) replaced by U+FFFD.
+
+    Why: DuckDB refuses them, and one bad description must not stop the whole harvest. Control
+    characters stay as the PACS sent them (the catalog keeps raw values; writers sanitise).
+    """
+    fields = {k: _LONE_SURROGATE.sub("\ufffd", v) for k, v in
+              (("study_uid", st.study_uid), ("patient_id", st.patient_id), ("accession", st.accession),
+               ("description", st.description), ("study_id", st.study_id)) if _LONE_SURROGATE.search(v or "")}
+    return replace(st, **fields) if fields else st
 
 
 def uid_has_root(uid: str, root: str) -> bool:
@@ -356,7 +372,7 @@ class UpdateRun:
             unreachable_in_a_row = 0
             with self.cat.transaction():
                 for st in studies:
-                    self._upsert_study(hid, st, lists)
+                    self._upsert_study(hid, _storable(st), lists)
                 self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ?, needs_harvest = FALSE "
                                  "WHERE hospital_id = ?", [self.today, self.run_id, hid])
             self.cat.resolve_target(self.run_id, "harvest", target)
@@ -868,6 +884,12 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     # kept like every other failure (and cleared by the next run that gets past this point)
                     run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
+                    summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
+                except (duckdb.InterruptException, RuntimeError) as exc:
+                    if "interrupt" not in str(exc).lower():  # Ctrl-C inside a DuckDB query arrives as this
+                        summary.status = "failed"
+                        cat.finish_run(run.run_id, "failed", summary.counts, f"crashed: {type(exc).__name__}")
+                        raise
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
                     summary.status = "failed"
