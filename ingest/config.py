@@ -95,7 +95,10 @@ class XnatStoreConfig(_Section):
     password_env: str = Field("RTLAKE_XNAT_PASSWORD", description="Environment variable holding the password.")
     verify_tls: bool = Field(True, description="Verify TLS certificates.")
     ca_bundle: Path | None = Field(None, description="Custom CA bundle file.")
-    overwrite: Literal["none", "append", "delete"] = Field("none", description="Import overwrite policy.")
+    overwrite: Literal["none", "append", "delete"] = Field(
+        "none", description="A session already in XNAT: 'none' leaves it, 'append' merges new files into it, "
+        "'delete' deletes it and imports the study afresh (also when its label holds another study)."
+    )
     pacs_id: int = Field(1, description="DQR mode: XNAT's PACS id.")
     query_batch: int = Field(200, ge=1, description="DQR mode: rows per batch query.")
     import_batch: int = Field(50, ge=1, description="DQR mode: studies per import call.")
@@ -114,6 +117,18 @@ class XnatStoreConfig(_Section):
     )
     dqr_failures_dir: Path | None = Field(
         None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
+    )
+    # issue 14: XNAT stores against a real XNAT
+    identity: Literal["uid", "label"] = Field(
+        "uid", description="When a session already in XNAT is this study: same label and StudyInstanceUID "
+        "('uid'), or same label under the same subject ('label', for sites whose anonymisation script rewrites UIDs)."
+    )
+    dqr_ae_title: str = Field("", description="DQR mode: AE title of XNAT's own DICOM receiver the PACS sends to.")
+    dqr_port: int = Field(0, ge=0, le=65535, description="DQR mode: port of that DICOM receiver.")
+    dqr_poll_seconds: float = Field(5.0, gt=0, description="DQR mode: seconds between polls of the queue and archive.")
+    dqr_stable_polls: int = Field(
+        2, ge=1, description="DQR mode: polls a pulled session's scan count must stay unchanged to count as arrived "
+        "(used when XNAT's queue entry does not list the series it asked the PACS for)."
     )
 
 

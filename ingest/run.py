@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,6 +38,7 @@ from .config import Config
 from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
 from .lock import run_lock
+from .logsetup import set_run_id
 from .security import loose, private_umask, share_outbox, walk
 from .pseudo.redact import looks_like_path, pseudonymous_logs, public_paths
 from .naming import base_label, unique_label
@@ -95,7 +97,8 @@ class RunSummary:
         head = f"rtlake update {self.run_id}: {self.status.upper()}"
         if self.message:
             head += f" — {self.message}"
-        console.print(head, style={"done": "green", "partial": "yellow"}.get(self.status, "red"), soft_wrap=True)
+        console.print(escape(head), style={"done": "green", "partial": "yellow"}.get(self.status, "red"),
+                      soft_wrap=True)
         this = Table(title=f"this run{' (' + self.harvest_mode + ')' if self.harvest_mode else ''}")
         this.add_column("step")
         this.add_column("count", justify="right")
@@ -113,11 +116,11 @@ class RunSummary:
             for c in ("stage", "reason", "count"):
                 t.add_column(c, overflow="fold")
             for stage, reason, n in self.failure_groups:
-                t.add_row(stage, reason, str(n))
+                t.add_row(stage, escape(reason), str(n))
             console.print(t)
             console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
         for p in self.outputs:
             console.print(f"wrote {p}", soft_wrap=True)
 
@@ -132,9 +135,12 @@ def reason_group(reason: str) -> str:
 
 
 def _progress(show: bool) -> Progress:
+    from .logsetup import bars_wanted, err_console
+
+    # stderr, and only to a terminal: stdout carries the summary, a log file wants no bars
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show, transient=False, console=Console(stderr=True),
+        disable=not bars_wanted(show), transient=False, console=err_console,
     )
 
 
@@ -156,6 +162,7 @@ class UpdateRun:
         self.source: Source | None = None
         self.store: Store | None = None
         self.run_id = catalog.start_run(cfg.source.kind, cfg.store.kind)
+        set_run_id(self.run_id)  # every log line from here on names this run
         self.summary = RunSummary(self.run_id)
         self.today = today or dt.date.today()
         self._placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}

@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ingest.atomic import write_text  # noqa: E402
 
@@ -42,6 +43,8 @@ th{background:#f0f0f0} td.num{text-align:right}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;margin:.3em 0}
 .ok{background:#e8f5e9;border:1px solid #7cb342;padding:.6em 1em}
 .plot svg{max-width:100%;height:auto}
+.scroll{max-width:100%;overflow-x:auto}
+li,.warn,p{overflow-wrap:anywhere}
 """
 
 
@@ -61,45 +64,80 @@ def _svg(fig) -> str:
     return text[text.find("<svg"):]
 
 
+def series_id(name: str) -> str:
+    """SVG id prefix of one plotted series (`series-<name>`), so a browser check can count them."""
+    return "series-" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _legend_outside(ax) -> None:
+    # beside the axes, never over the data; bbox_inches="tight" keeps it inside the picture
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+
+
 def _plot_by_modality(rows: Sequence[dict]) -> str | None:
+    """Stacked bars per modality, one series per status that occurs (absent statuses are left out
+    of both the bars and the legend)."""
     if not rows:
         return None
     counts = Counter((failure_modality(r), r.get("status") or "") for r in rows)
     mods = sorted({m for m, _ in counts})
+    statuses = [s for s in STATUSES if any(counts.get((m, s), 0) for m in mods)]
+    statuses += sorted({s for _, s in counts} - set(statuses) - set(STATUSES))  # unknown statuses stay visible
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bottom = [0] * len(mods)
-    for status in STATUSES:
+    for status in statuses:
         vals = [counts.get((m, status), 0) for m in mods]
-        ax.bar(mods, vals, bottom=bottom, label=status)
+        # a status keeps its colour whichever others are absent
+        colour = f"C{STATUSES.index(status)}" if status in STATUSES else None
+        bars = ax.bar(mods, vals, bottom=bottom, label=status or "(none)", color=colour)
+        for i, patch in enumerate(bars.patches):
+            patch.set_gid(f"{series_id(status or '(none)')}--{i}")
         bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("failed studies")
     ax.set_title("Failures by modality and status")
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return _svg(fig)
 
 
 def _plot_rates(rates: Sequence[RunRate]) -> str | None:
+    """Failure rate per run, one line per modality that ever failed; modalities that never
+    failed are drawn once, together, as a single "0 %" line (not as coincident lines hidden
+    under each other), and the y axis starts at 0."""
     rates = [r for r in rates if r.rate is not None]  # a list whose batch size is unknown has no rate to plot
     if not rates:
         return None
     runs = list(dict.fromkeys(r.run_id for r in rates))
+    mods = sorted({r.modality for r in rates})
+    zero = [m for m in mods if all(r.failed == 0 for r in rates if r.modality == m)]
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for mod in sorted({r.modality for r in rates}):
+    top = 0.0
+    for mod in [m for m in mods if m not in zero]:
         pts = [(runs.index(r.run_id), r.rate * 100) for r in rates if r.modality == mod]
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mod)[0]
+        line.set_gid(series_id(mod))
+        top = max(top, *(p[1] for p in pts))
         base = next((r.baseline for r in rates if r.modality == mod and r.baseline is not None), None)
         if base is not None:
             ax.axhline(base * 100, linestyle="--", color=line.get_color(), linewidth=0.8)
+            top = max(top, base * 100)
+    if zero:
+        xs = sorted({runs.index(r.run_id) for r in rates if r.modality in zero})
+        label = ", ".join(zero) if len(zero) <= 4 else f"{', '.join(zero[:3])} +{len(zero) - 3} more"
+        line = ax.plot(xs, [0] * len(xs), marker=".", color="0.6", label=f"{label}: no failures")[0]
+        line.set_gid(series_id("no failures"))
     ax.set_xticks(range(len(runs)))
     ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, max(top * 1.15, 1.0))
     ax.set_ylabel("failure rate (%)")
     ax.set_title("Failure rate per run (dashed: historic baseline)")
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return _svg(fig)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
-    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    out = [f'<div class="scroll"><table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for v in row:
@@ -107,7 +145,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = 
             text = "" if v is None else (v.isoformat() if isinstance(v, dt.date) else str(v))
             cells.append(f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

@@ -168,7 +168,7 @@ def test_pacs_dying_mid_harvest_stops_the_run(orthanc_loaded, pacs_cohort, tmp_p
 def test_status_shows_lake_runs_failures_and_review(fresh_demo):
     cfg = fresh_demo.config
     r = _run("status", "-c", str(cfg))
-    assert r.returncode == 2 and "run `rtlake update` first" in r.stderr  # no catalog yet: nothing created
+    assert r.returncode == 1 and "run `rtlake update` first" in r.stderr  # no catalog yet: nothing created
     assert not (fresh_demo.root / "state" / "catalog.duckdb").exists()
     assert _run("update", "-c", str(cfg), "--no-progress").returncode == 3
     r = _run("status", "-c", str(cfg))
@@ -186,6 +186,12 @@ def test_status_shows_lake_runs_failures_and_review(fresh_demo):
     assert f"review queue: {review} descriptions" in r.stdout
     assert "partial" in r.stdout  # the last run's outcome
     assert "open failures: 2" in r.stdout and "index" in r.stdout  # the demo's two broken files
+    j = _run("status", "-c", str(cfg), "--json")
+    import json
+
+    st = json.loads(j.stdout)
+    assert st["lake"] == {"subjects": subj, "sessions": sess, "files": files, "sessions_pending": 0}
+    assert st["runs"][0]["status"] == "partial" and sum(g["count"] for g in st["open_failures"]) == 2
 
 
 def test_everything_created_is_owner_only_and_the_outbox_can_be_shared(fresh_demo):
@@ -241,3 +247,15 @@ def test_conflicting_nhs_numbers_are_never_guessed(fresh_demo):
         cat.close()
     assert subjects == {f"NN_{p.hospital_id}"}
     assert any(p.nhs_number in x and other in x for x in reasons), reasons
+
+
+def test_missing_xnat_credentials_is_failed_not_done(fresh_demo, xnat_server, xnat_env, monkeypatch):
+    cfg = Path(fresh_demo.config)
+    cfg.write_text(cfg.read_text() + f'\n[store.xnat]\nurl = "{xnat_server.url}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("RTLAKE_XNAT_USER", "RTLAKE_XNAT_PASSWORD")}
+    env["HOME"] = str(fresh_demo.root)  # no ~/.netrc to fall back on
+    r = subprocess.run([*RTLAKE, "update", "-c", str(cfg), "--store", "xnat", "--no-progress"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 4, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "RTLAKE_XNAT_USER" in r.stdout + r.stderr
+    assert not xnat_server.experiments

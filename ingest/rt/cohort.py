@@ -130,8 +130,10 @@ def run_cohort(
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from ingest.logsetup import err_console
+
             bar = Progress(TextColumn("rt convert"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.fields[last]}"), transient=False)
+                           TextColumn("{task.fields[last]}"), transient=False, console=err_console)
             bar.start()
             task = bar.add_task("rt", total=len(futures), last="")
         for fut in as_completed(futures):

@@ -214,16 +214,28 @@ class DimseSource(QueryLookups, Source):
                 final = None
                 log.debug("C-FIND error: %s", exc)
             if final is None:
+                why = self._why_no_answer(assoc)
                 self._drop_find_assoc()
-                raise SourceUnavailable(
-                    f"{self.peer}: {what}: no C-FIND response (association dropped or timed out; "
-                    f"is calling AE {self.calling_aet} allowed to query this PACS?)")
+                raise SourceUnavailable(f"{self.peer}: {what}: no C-FIND response ({why})")
             if final != 0x0000:
                 if final >= 0xA000:
                     self._drop_find_assoc()
                 err = SourceUnavailable if final in (0xA700, 0xA701, 0xA702) else SourceError
                 raise err(f"{self.peer}: {what}: C-FIND failed with {status_text(final)}")
             return answers
+
+    def _why_no_answer(self, assoc) -> str:
+        """Why an established association gave no answer. The AE-title hint fits only a PACS that
+        ended the association itself (A-ABORT or release, typical of an unknown calling AE) or
+        kept it open without answering; a dropped connection (reset, closed socket) is the
+        network's doing and says nothing about the AE title."""
+        acse = getattr(assoc, "acse", None)
+        if acse is not None and acse.is_aborted("a-p-abort"):
+            return "connection lost"
+        if acse is not None and acse.is_aborted("a-abort") or assoc.is_released:
+            return (f"the PACS ended the association without answering; is calling AE {self.calling_aet} "
+                    "allowed to query it?")
+        return f"no answer in time; is calling AE {self.calling_aet} allowed to query this PACS?"
 
     def _drop_find_assoc(self) -> None:
         if self._find_assoc is not None:
