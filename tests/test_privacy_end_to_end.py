@@ -330,3 +330,53 @@ def test_scenario_on_orthanc_research_side_carries_no_original_identifier(orthan
 def test_scenario_other_protocols_research_side_carries_no_original_identifier(kind, orthanc, scenario_files,
                                                                                 tmp_path):
     check_scenario(kind, orthanc, scenario_files, tmp_path)
+
+
+# -- 3. rtlake's own commands on a lake: session.json is not DICOM, paths are not printed -----------------------
+def test_rt_link_on_a_lake_session_counts_no_bookkeeping_file(demo_chain):
+    demo, root, _ = demo_chain
+    manifests = [p for p in (demo.root / "lake").rglob("session.json")
+                 if "RTSTRUCT" in json.loads(p.read_text(encoding="utf-8"))["modalities"]]
+    assert manifests
+    folder = manifests[0].parent
+    res = rtlake("rt", "link", str(folder), cwd=root)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    scans = json.loads(manifests[0].read_text(encoding="utf-8"))["scans"]
+    assert got["images_summary"]["number_of_unreadable_files"] == 0  # session.json is not counted
+    assert got["images_summary"]["number_of_CT_instances"] == sum(s["files"] for s in scans if s["modality"] == "CT")
+    assert got["status"] == "LINKED"
+    assert scan_text(res.stdout + res.stderr, demo_identifiers(demo), "rt link") == []
+
+
+def test_pseudo_run_on_an_identified_lake_names_no_patient(demo_chain, tmp_path):
+    """An identified lake (subject folders are NHS numbers, sessions accessions) with one broken file."""
+    demo, root, _ = demo_chain
+    lake = tmp_path / "lake" / "HNC_DEMO"
+    p = next(x for x in demo.patients if x.nhs_number and not x.deceased)
+    n = 0
+    for s in p.studies:
+        src = sorted(set(demo.pacs.glob(f"*/{s.study_uid}/*/*.dcm")) - set(demo.broken)) if s.study_uid else []
+        if not src or not s.accession:
+            continue
+        sess = lake / p.nhs_number / s.accession
+        for f in src:
+            dst = sess / "scans" / "1" / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dst)
+            n += 1
+        (sess / "session.json").write_text(json.dumps({"subject": p.nhs_number, "label": s.accession}))
+        broken = sess / "scans" / "1" / "zz-truncated.dcm"
+    assert n
+    shutil.copy(demo.broken[0], broken)  # the demo's DICOM cut inside its pixel data (an interrupted transfer)
+    res = rtlake("pseudo", "run", str(tmp_path / "lake"), "-o", str(tmp_path / "out"), "-c", str(demo.config),
+                 "--no-catalog", cwd=root)
+    assert res.returncode == 1, res.stdout + res.stderr  # the broken file, and only it
+    assert res.stderr.count("FAILED ") == 1 and "session.json" not in res.stderr, res.stderr
+    assert "not a readable DICOM file: struct.error" in res.stderr
+    assert f"{n} DICOM and 0 XML files" in res.stdout
+    ids = Identifiers()
+    ids.add_token(p.nhs_number, "nhs_number")
+    for s in p.studies:
+        ids.add_token(s.accession, "accession")
+    assert scan_text(res.stdout + res.stderr, ids, "pseudo run") == []

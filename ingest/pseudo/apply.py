@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from ..atomic import atomic_path
 from ..errors import InputFileError, PermanentError
@@ -107,8 +106,10 @@ class Pseudonymiser:
         for path in files:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                outcome.problems.append((str(path), f"not a readable DICOM file: {type(exc).__name__}"))
+            except Exception as exc:  # noqa: BLE001 - pydicom raises struct.error, KeyError… on garbage: one file's problem
+                name = type(exc).__name__
+                name = f"{type(exc).__module__}.{name}" if name.islower() else name  # struct.error, not "error"
+                outcome.problems.append((str(path), f"not a readable DICOM file: {name}"))
                 continue
             missing = [k for k in _REQUIRED_UIDS if not str(ds.get(k, "") or "").strip()]
             if missing:

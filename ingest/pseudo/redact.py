@@ -77,6 +77,23 @@ def looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text
 
 
+def _clean_exc(exc_info, redact: UidRedactor):
+    """The exception of a record as its formatters will show it, with the UIDs replaced.
+
+    Formatters print `exc_text` when set, or format `exc_info` themselves (the one-line log
+    formatter does): both are replaced. The stand-in exception has the original's class name
+    and module, and the cleaned message.
+    """
+    etype, value, tb = exc_info
+    text = redact("".join(traceback.format_exception(etype, value, tb)).rstrip("\n"))
+    message = redact(str(value))
+    if message == str(value):
+        return exc_info, text
+    stand_in = type(etype.__name__, (Exception,), {"__module__": etype.__module__,
+                                                   "__str__": lambda self: message})
+    return (stand_in, stand_in().with_traceback(tb), tb), text
+
+
 @contextlib.contextmanager
 def pseudonymous_logs(cfg, always: bool = False) -> Iterator[UidRedactor | None]:
     """Within the block, every log record's text names pseudonymous UIDs only (see module doc).
@@ -103,8 +120,7 @@ def pseudonymous_logs(cfg, always: bool = False) -> Iterator[UidRedactor | None]
         if clean != text:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[0] is not None:
-            # Formatters use exc_text when it is set, so the traceback is cleaned too.
-            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+            record.exc_info, record.exc_text = _clean_exc(record.exc_info, redact)
         return record
 
     logging.setLogRecordFactory(factory)
