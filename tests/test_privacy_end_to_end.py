@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.demo import SyntheticStudy
 from tests import scenario_pacs as S
 from tests.fixtures.pacs import source_overrides
 from tests.privacy_scan import Identifiers, scan_text, scan_tree
@@ -168,11 +170,43 @@ def demo_identifiers(demo) -> Identifiers:
     return ids
 
 
+def add_messy_rt_course(demo) -> str:
+    """An RT course as real exports carry it, for a demo patient without one: identifiers in a
+    vendor private block (name, study UID), in nested sequences (requesting physician, a referenced
+    procedure step UID), in OtherPatientIDs (the NHS number), ImageComments (hospital ID, birth date),
+    the accession and the institution. Returns its StudyInstanceUID."""
+    import pydicom
+
+    from ingest.synth.descriptions import RT_COURSE_DESCRIPTION
+    from tests.fixtures.pseudo import make_rt_set
+
+    p = next(x for x in demo.patients if x.nhs_number and not x.deceased and x.rt_start is None)
+    course = make_rt_set(demo.root / "messy-course", patient_id=p.hospital_id, patient_name=p.name,
+                         birth_date=p.birth_date.strftime("%Y%m%d"), seed=15)
+    study_uid = ""
+    for kind in ("ct", "rtstruct", "rtplan", "rtdose", "seg"):
+        for f in course.files[kind]:
+            ds = pydicom.dcmread(f)
+            ds.OtherPatientIDs = [p.nhs_number]
+            ds.StudyDescription = RT_COURSE_DESCRIPTION
+            ds.StudyID = "RT2"
+            study_uid = ds.StudyInstanceUID
+            dst = demo.pacs / "messy-course" / kind / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(dst, enforce_file_format=True)
+    shutil.rmtree(demo.root / "messy-course")
+    p.studies.append(SyntheticStudy(study_uid, f"ACC{p.hospital_id}", dt.date(2021, 3, 14), RT_COURSE_DESCRIPTION,
+                                    RT_COURSE_DESCRIPTION, "rt", ("CT", "RTSTRUCT", "RTPLAN", "RTDOSE", "SEG"), "RT2"))
+    p.rt_start = dt.date(2021, 3, 28)
+    return study_uid
+
+
 @pytest.fixture(scope="module")
 def demo_chain(demo_cohort, tmp_path_factory):
     root = tmp_path_factory.mktemp("privacy-demo")
     shutil.copytree(demo_cohort.root, root / "demo", symlinks=True)
     demo = demo_cohort.relocated(root / "demo")
+    add_messy_rt_course(demo)
     enable_pseudo(demo.config)
     runs = run_chain(demo.config, root, [lambda: None])
     return demo, root, runs
@@ -205,13 +239,15 @@ def test_demo_outbox_links_each_pseudonym_to_its_nhs_number(demo_chain):
     expected = {pseudo_uid(s.study_uid) for p in demo.patients if not p.deceased for s in p.studies
                 if s.in_pacs and not s.placeholder and s.category in ("include", "rt")}
     assert {s["study_uid"] for s in lake_sessions(lake)} == expected
-    # session labels by the rule: the pseudonym of <project>/<accession> (RT: <hospital id>_RT_<year>_<StudyID>)
+    # session labels by the rule: the pseudonym of <project>/<accession>
+    # (RT: <hospital id>_RT_<year>_<accession or StudyID>)
     labels = {s["label"] for s in lake_sessions(lake)}
     for p in demo.patients:
         for s in p.studies:
             if pseudo_uid(s.study_uid) in expected:
-                label = s.accession or f"{p.hospital_id}_RT_{s.study_date.year}_{s.study_id}"
-                assert pseudonym("session", f"HNC_DEMO/{label}", "S") in labels
+                rt = f"{p.hospital_id}_RT_{s.study_date.year}_{s.accession or s.study_id}"
+                label = rt if s.category == "rt" else s.accession
+                assert pseudonym("session", f"HNC_DEMO/{label}", "S") in labels, (s.description, label)
 
 
 def test_demo_rt_outputs_and_exports_are_keyed_by_the_lake_pseudonyms(demo_chain):
@@ -380,3 +416,31 @@ def test_pseudo_run_on_an_identified_lake_names_no_patient(demo_chain, tmp_path)
     for s in p.studies:
         ids.add_token(s.accession, "accession")
     assert scan_text(res.stdout + res.stderr, ids, "pseudo run") == []
+
+
+# -- the detector itself --------------------------------------------------------------------------------------
+def test_the_scan_finds_identifiers_where_real_files_hide_them(tmp_path):
+    from tests.fixtures.pseudo import make_rt_set
+    from tests.privacy_scan import scan_dicom
+
+    course = make_rt_set(tmp_path / "in", patient_id="RJZ1234567", patient_name="NÍ BHRIAIN^Siobhán",
+                         birth_date="19561231")
+    ids = Identifiers()
+    assert ids.add_dicom_files(course.all_dicom) == len(course.all_dicom)
+    ids.add_token("9434765919", "nhs_number")
+    where = {h.where.split(" ", 1)[1] for h in scan_dicom(course.files["rtstruct"][0], ids, "rs")}
+    assert any("(3253,1010) private" in w for w in where)  # the vendor block's patient name
+    assert any("(3253,1011) private" in w for w in where)  # and its study UID
+    assert any("ReferencedSOPInstanceUID" in w for w in where)  # deep in the referenced-frame tree
+    assert any("MediaStorageSOPInstanceUID" in w for w in where)  # file meta
+    study = str(__import__("pydicom").dcmread(course.files["ct"][0]).StudyInstanceUID)
+    texts = {
+        "a": "subject 943 476 5919 stored",
+        "b": "NN_RJZ1234567/x.dcm",
+        "c": "born 31/12/1956, seen by Siobhán",
+        "d": f"study {study}",
+        "e": f"study {study}.7 and 19434765919 and XRJZ1234567 and 2.25.{study[-8:]}",  # longer tokens: no hit
+    }
+    kinds = {t: {h.kind for h in scan_text(text, ids, t)} for t, text in texts.items()}
+    assert kinds == {"a": {"nhs_number"}, "b": {"hospital_id"}, "c": {"birth_date", "name"},
+                     "d": {"StudyInstanceUID"}, "e": set()}
