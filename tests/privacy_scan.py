@@ -32,7 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from ingest.pseudo.uids import NEVER_REMAP, is_well_known
 
-_UID_TOKEN = re.compile(r"(?<![\d.])\d+(?:\.\d+)+(?![\d.])")
+_UID_TOKEN = re.compile(r"(?<![\d.])\d+(?:\.\d+)+(?!\d|\.\d)")  # "…study 1.2.3." ends at the full stop
 _ALNUM_TOKEN = re.compile(r"[A-Za-z0-9]+")
 _WORD_TOKEN = re.compile(r"[^\W\d_]+")
 _NHS_SPACED = re.compile(r"(?<!\d)(\d{3})[ -](\d{3})[ -](\d{4})(?!\d)")

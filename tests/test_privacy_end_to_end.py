@@ -438,7 +438,7 @@ def test_the_scan_finds_identifiers_where_real_files_hide_them(tmp_path):
         "a": "subject 943 476 5919 stored",
         "b": "NN_RJZ1234567/x.dcm",
         "c": "born 31/12/1956, seen by Siobhán",
-        "d": f"study {study}",
+        "d": f"study {study}.",
         "e": f"study {study}.7 and 19434765919 and XRJZ1234567 and 2.25.{study[-8:]}",  # longer tokens: no hit
     }
     kinds = {t: {h.kind for h in scan_text(text, ids, t)} for t, text in texts.items()}

@@ -50,6 +50,7 @@ def test_original_uids_become_the_lakes_pseudonymous_uids(tmp_path, pseudo_key, 
     with pseudonymous_logs(cfg):
         log.warning("study %s: partial transfer", ORIGINAL)
         log.warning(f"C-FIND series of study {ORIGINAL} failed")
+        log.warning("the last one was %s.", ORIGINAL)  # a full stop after the UID
         log.info("lake: stored study %s", already)  # a store naming its pseudonymised copy
         log.info("SOP class 1.2.840.10008.5.1.4.1.1.2, Orthanc 1.10.1 at 192.168.100.200:8042")
         try:
@@ -59,7 +60,7 @@ def test_original_uids_become_the_lakes_pseudonymous_uids(tmp_path, pseudo_key, 
         record = caplog.records[-1]
     text = caplog.text
     assert ORIGINAL not in text
-    assert text.count(by_rule(ORIGINAL)) >= 3
+    assert text.count(by_rule(ORIGINAL)) >= 4 and f"the last one was {by_rule(ORIGINAL)}." in text
     assert f"stored study {already}" in text and by_rule(already) not in text
     assert "1.2.840.10008.5.1.4.1.1.2, Orthanc 1.10.1 at 192.168.100.200:8042" in text
     # the one-line log formatter formats the exception itself: cleaned there too

@@ -39,7 +39,7 @@ def run(
     from .batch import read_input_list, run_batch
     from .keys import load_key
     from .profile import load_profile
-    from .redact import pseudonymous_logs
+    from .redact import UidRedactor, pseudonymous_logs, public_paths
 
     cfg = load(config)
     folders = list(inputs or [])
@@ -68,22 +68,17 @@ def run(
         f"{report.dicom_written} DICOM and {report.xml_written} XML files from {report.inputs} input(s), "
         f"{len(report.patients)} patient(s) → {report.out}; {report.new_mappings} new mapping rows"
     )
-    shown = _problem_names(folders, report.problems, cfg.logging.identifiers_in_logs)
+    identifiers = cfg.logging.identifiers_in_logs
+    redact = UidRedactor(key, cfg.pseudo.uid_root)
+    shown = _problem_names(folders, report.problems, identifiers)
     for (_path, reason), name in zip(report.problems, shown):
-        _echo_err(f"FAILED {name}: {reason if cfg.logging.identifiers_in_logs else _public(cfg, reason)}")
+        _echo_err(f"FAILED {name}: {reason if identifiers else redact(public_paths(reason))}")
     if report.problems:
-        if not cfg.logging.identifiers_in_logs:
+        if not identifiers:
             where = "`rtlake failures list`" if catalog else "nowhere (--no-catalog)"
             _echo_err(f"(input folders are named by patient: paths are not printed; the catalog has them: {where}; "
                       "set logging.identifiers_in_logs = true to print them)")
         raise typer.Exit(1)
-
-
-def _public(cfg, text: str) -> str:
-    from .redact import UidRedactor, public_paths
-    from .keys import load_key
-
-    return UidRedactor(load_key(cfg.pseudo.key_env), cfg.pseudo.uid_root)(public_paths(text))
 
 
 def _problem_names(inputs: list[Path], problems: list[tuple[str, str]], identifiers: bool) -> list[str]:

@@ -30,7 +30,7 @@ from .uids import is_well_known
 
 #: A dotted-number token of at least three components and 16 characters: every real UID, never
 #: an IPv4 address (at most 15), a version number or a decimal.
-_UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){2,}(?![\w.])")
+_UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){2,}(?!\w|\.\d)")  # a full stop may end the sentence
 _MIN_UID_LEN = 16
 #: Pseudonymous UIDs remembered so they are not remapped a second time (bounded: past this,
 #: a store message naming a pseudonymous SOP UID shows another, still non-identifying, UID).
