@@ -22,15 +22,17 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import duckdb
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from criteria.normalise import normalise
+from reporting.sanitise import terminal
 from criteria.review import effective_lists
 
 from .catalog import Catalog
@@ -144,6 +146,21 @@ def _progress(show: bool) -> Progress:
     )
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(st: StudyRecord) -> StudyRecord:
+    """The record with lone surrogates (a PACS answer decoded with errors) replaced by U+FFFD.
+
+    Why: DuckDB refuses them, and one bad description must not stop the whole harvest. Control
+    characters stay as the PACS sent them (the catalog keeps raw values; writers sanitise).
+    """
+    fields = {k: _LONE_SURROGATE.sub("\ufffd", v) for k, v in
+              (("study_uid", st.study_uid), ("patient_id", st.patient_id), ("accession", st.accession),
+               ("description", st.description), ("study_id", st.study_id)) if _LONE_SURROGATE.search(v or "")}
+    return replace(st, **fields) if fields else st
+
+
 def uid_has_root(uid: str, root: str) -> bool:
     """True when `uid` is `root` or continues it with '.', component by component.
 
@@ -183,9 +200,9 @@ class UpdateRun:
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, shown, said)
+            log.warning("%s %s: %s", stage, terminal(shown), terminal(said))
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, shown, said)
+            log.debug("%s %s (again): %s", stage, terminal(shown), terminal(said))
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:
@@ -362,7 +379,7 @@ class UpdateRun:
             unreachable_in_a_row = 0
             with self.cat.transaction():
                 for st in studies:
-                    self._upsert_study(hid, st, lists)
+                    self._upsert_study(hid, _storable(st), lists)
                 self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ?, needs_harvest = FALSE "
                                  "WHERE hospital_id = ?", [self.today, self.run_id, hid])
             self.cat.resolve_target(self.run_id, "harvest", target)
@@ -601,6 +618,7 @@ class UpdateRun:
         to_put = []
         for plan, store_plan, files, got in items:
             if self.store.needs_files and not files:
+                self._record_integrity(plan, got, None)
                 self._failed(plan, "retrieve", RtlakeError(
                     f"study {plan.study.study_uid}: source {self.source.name} delivered no files"))
                 self.progress.advance(task)
@@ -634,11 +652,46 @@ class UpdateRun:
                          "AND state <> 'failed'", [self.run_id, uid])
         self.summary.counts["failed"] += 1
 
+    def _record_integrity(self, plan: SessionPlan, got: RetrievedStudy | None, res: StoredSession | None) -> int:
+        """Damaged files the source refused and conflicting duplicates: failure rows (+ `conflicts`).
+
+        Returns how many there were; any makes the study incomplete (retried next run).
+        """
+        from . import conflicts as cf_
+
+        uid = plan.study.study_uid
+        refused = got.refused if got is not None else []
+        found = cf_.against_stored((got.conflicts if got is not None else []), self.store.stored_instances) + \
+            (res.conflicts if res is not None else [])
+        for r in refused:
+            self.fail("retrieve", r.target, r.reason, uid, hospital_id=plan.hospital_id or None)
+        named = [replace(c, source_a=self._origin(c.source_a, c.sop_uid, c.study_uid_a),
+                         source_b=self._origin(c.source_b, c.sop_uid, c.study_uid_b)) for c in found]
+        for c in named:
+            self.fail("store", c.source_b, c.reason, uid, hospital_id=plan.hospital_id or None)
+        cf_.record(self.cat, self.run_id, named)
+        return len(refused) + len(named)
+
+    def _origin(self, where: str, sop: str, study: str) -> str:
+        """A conflict source as a person can find it: scratch copies are named by the PACS instance."""
+        scratch = self.cfg.state_dir / "scratch"
+        if where and Path(where).is_relative_to(scratch):
+            return f"{self.source.name}: SOPInstanceUID {sop} of study {study}"
+        return where
+
     def _stored(self, plan: SessionPlan, res: StoredSession, got: RetrievedStudy | None) -> None:
         uid = plan.study.study_uid
         for target, reason in res.problems:
             self.fail("store", target, reason, uid)
-        partial = got is not None and got.partial
+        damaged = self._record_integrity(plan, got, res)
+        if damaged and not res.files:  # every file was refused or in conflict: nothing to call stored
+            self._failed(plan, "store", RtlakeError(f"study {uid}: nothing stored ({damaged} damaged or "
+                                                    "conflicting files, listed separately)"))
+            return
+        from .conflicts import resolve_stored
+
+        resolve_stored(self.cat, self.run_id, {f.sop_uid for f in res.files})
+        partial = (got is not None and got.partial) or damaged > 0
         with self.cat.transaction() as con:
             # subject/label stay as planned (identifiable) even when the store holds a pseudonymised copy:
             # a later re-ingest must start from the original names, and `location` says where the copy is.
@@ -657,7 +710,12 @@ class UpdateRun:
             else:
                 con.execute("UPDATE studies_seen SET state='ingested', updated_run=? WHERE study_uid=? "
                             "AND state <> 'ingested'", [self.run_id, uid])
-        if partial:
+        if partial and damaged:
+            self.fail("retrieve", uid, f"incomplete: {len(res.files)} instances stored; {damaged} damaged or "
+                                       "conflicting files (listed separately); will retry", uid,
+                      hospital_id=plan.hospital_id or None)
+            self.summary.counts["failed"] += 1
+        elif partial:
             self.fail("retrieve", uid, f"partial transfer: received {len(got.files)} of {got.expected} instances; "
                                        "stored what arrived, will retry", uid, hospital_id=plan.hospital_id or None)
             self.summary.counts["failed"] += 1
@@ -838,6 +896,12 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
+                except (duckdb.InterruptException, RuntimeError) as exc:
+                    if "interrupt" not in str(exc).lower():  # Ctrl-C inside a DuckDB query arrives as this
+                        summary.status = "failed"
+                        cat.finish_run(run.run_id, "failed", summary.counts, f"crashed: {type(exc).__name__}")
+                        raise
+                    summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
                     summary.status = "failed"
                     cat.finish_run(run.run_id, "failed", summary.counts, "configuration error")
@@ -871,6 +935,9 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         run.store = open_store(cfg)
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
+    from .conflicts import stored_instances
+
+    run.store.stored_instances = lambda sops: stored_instances(run.cat, sops)  # issue 19: never first-wins
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
     run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..bookkeeping import input_files
 from ..atomic import write_text
 from .convert import ConvertOptions, PatientJob, PatientResult, convert_patient, patient_dir
+from reporting.sanitise import csv_value
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def write_cohort_dvh(output: Path, jobs: list[PatientJob]) -> Path | None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([csv_value(v) for v in row] for row in rows)  # ROI names come from the files
     target = Path(output) / "dvh.csv"
     write_text(target, buf.getvalue())
     return target
@@ -210,7 +211,8 @@ def write_cohort_status(output: Path, summary: CohortSummary) -> Path:
     w.writerow(["patient", "status", "files_ready", "skipped", "study_uid", "rois", "problems", "first_problem"])
     for r in summary.results:
         first = f"{r.failures[0].code}: {r.failures[0].reason}" if r.failures else ""
-        w.writerow([r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois, len(r.failures), first])
+        w.writerow([csv_value(v) for v in (r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois,
+                                           len(r.failures), first)])
     target = Path(output) / "patients.csv"
     write_text(target, buf.getvalue())
     return target

@@ -7,13 +7,14 @@ archived on its own.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from reporting.sanitise import html_text
 
 from ..atomic import write_text
 from .dvh import Dvh
@@ -59,11 +60,11 @@ def _img(png: bytes, width: int | None = None) -> str:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.3f}"
-    return html.escape(str(v))
+    return html_text(v)
 
 
 def write_report(target: Path, notes: PatientNotes, dvhs: list[Dvh], previews: dict[str, Path]) -> None:
-    e = html.escape
+    e = html_text  # ROI names and labels come from the files: escaped, control characters replaced
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>RT conversion: {e(notes.patient)}</title>",
