@@ -59,30 +59,41 @@ def jobs_from_lake(lake_root: Path, project: str, output: Path, catalog=None) ->
     """One job per lake subject: files from the catalog's stored sessions, else from the folder tree.
 
     The catalog is preferred because it lists exactly what a run stored; the folder walk
-    covers lakes copied without their catalog.
+    covers lakes copied without their catalog. Either way a patient is named as the store names
+    it (the lake's subject folder: a pseudonym when pseudonymised), never by the catalog's
+    identified subject label, because the outputs are research-side files.
     """
+    from ..naming import safe
+
     by_subject: dict[str, list[str]] = defaultdict(list)
+    proj = Path(lake_root) / safe(project)
     if catalog is not None:
         rows = catalog.execute(
-            "SELECT s.subject, f.path FROM sessions s JOIN files f ON f.study_uid = s.study_uid "
-            "WHERE s.state = 'stored' AND s.project = ? ORDER BY s.subject, f.path",
+            "SELECT coalesce(s.store_subject, s.subject), f.path FROM sessions s JOIN files f "
+            "ON f.study_uid = s.study_uid WHERE s.state = 'stored' AND s.project = ? ORDER BY 1, f.path",
             [project],
         ).fetchall()
         for subject, path in rows:
             p = Path(path)
             if not p.is_absolute():
                 p = Path(lake_root) / p
-            by_subject[subject].append(str(p))
+            by_subject[lake_subject(p, proj) or subject].append(str(p))
     if not by_subject:
-        from ..naming import safe
-
-        proj = Path(lake_root) / safe(project)
         if proj.is_dir():
             for sdir in sorted(x for x in proj.iterdir() if x.is_dir()):
                 files = sorted(str(f) for f in sdir.glob("*/scans/*/*.dcm"))
                 if files:
                     by_subject[sdir.name] = files
     return [PatientJob(s, files, str(output)) for s, files in sorted(by_subject.items())]
+
+
+def lake_subject(path: Path, project_dir: Path) -> str | None:
+    """The subject folder a lake file is under (`<project>/<subject>/<session>/…`), or None."""
+    try:
+        parts = Path(path).relative_to(project_dir).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 2 else None
 
 
 def run_cohort(
