@@ -34,6 +34,11 @@ def convert_cmd(
     sum_beam_doses: bool = typer.Option(
         False, help="When a plan has only per-beam doses (on one grid), sum them instead of stopping at PARTIAL."
     ),
+    dvh_method: Optional[str] = typer.Option(
+        None, "--dvh-method",
+        help="tps: shape-interpolated solid with tapered end caps (agrees with Eclipse); voxel: the NIfTI masks' voxels "
+             "(agrees with plastimatch). Default: [rt].dvh_method (tps).",
+    ),
     previews: bool = typer.Option(True, help="Write a PNG per structure."),
     html: bool = typer.Option(True, help="Write a per-patient HTML page."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -44,13 +49,19 @@ def convert_cmd(
     from ..catalog import Catalog
     from ..errors import RtlakeError, RunLocked
     from ..lock import run_lock
-    from .cohort import jobs_from_folder, jobs_from_lake, run_cohort, run_serial, write_cohort_dvh, write_cohort_status
-    from .convert import ConvertOptions, PatientResult
+    from .cohort import (jobs_from_folder, jobs_from_lake, run_cohort, run_serial, write_cohort_dvh,
+                         write_cohort_dvh_qa, write_cohort_status)
+    from .convert import DVH_METHODS, ConvertOptions, PatientResult
+    from .dvh_qa import QaTolerances
     from .nifti import MASK_MODES
 
     cfg = load(config)
     if masks not in MASK_MODES:
         console.print(f"[red]--masks must be one of {', '.join(MASK_MODES)}[/red]")
+        raise typer.Exit(2)
+    method = dvh_method or cfg.rt.dvh_method
+    if method not in DVH_METHODS:
+        console.print(f"[red]--dvh-method must be one of {', '.join(DVH_METHODS)}[/red]")
         raise typer.Exit(2)
     out = (output or cfg.rt.output).resolve()
     if input_dir is not None and not input_dir.is_dir():
@@ -58,7 +69,8 @@ def convert_cmd(
         raise typer.Exit(2)
     opts = ConvertOptions(mask_mode=masks, compress=compress, supersample=supersample,
                           supersample_below_cc=supersample_below, plane_tol_mm=plane_tolerance,
-                          previews=previews, html=html, force=force, sum_beam_doses=sum_beam_doses)
+                          previews=previews, html=html, force=force, sum_beam_doses=sum_beam_doses,
+                          dvh_method=method, qa=QaTolerances(**cfg.rt.dvh_qa.model_dump()))
     try:
         with run_lock(cfg.state_dir):
             cat = Catalog(cfg.catalog_path)
@@ -78,9 +90,17 @@ def convert_cmd(
                 def record(res: PatientResult) -> None:
                     for f in res.failures:
                         cat.record_failure(run_id, "rt", f.target, f"{f.code}: {f.reason}", f.study_uid, f.code)
-                    if res.status == "SUCCESS" and not res.failures and not res.skipped and res.study_uid:
+                    # A patient converted again: its earlier rt problems that did not come back are resolved
+                    # (a DVH warning that persists stays open, so it is never silently dropped).
+                    if res.status in ("SUCCESS", "PARTIAL") and not res.skipped and res.study_uid:
+                        current = [(f.target, f"{f.code}: {f.reason}") for f in res.failures]
+                        params: list = [run_id, res.study_uid]
+                        keep = ""
+                        if current:
+                            keep = " AND (target, reason) NOT IN (" + ", ".join("(?, ?)" for _ in current) + ")"
+                            params += [x for pair in current for x in pair]
                         cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'rt' AND study_uid = ? "
-                                    "AND resolved_run IS NULL", [run_id, res.study_uid])
+                                    "AND resolved_run IS NULL" + keep, params)
 
                 if serial:
                     summary = run_serial(jobs, opts, on_result=record)
@@ -88,6 +108,7 @@ def convert_cmd(
                     summary = run_cohort(jobs, opts, scheduler=scheduler or cfg.rt.scheduler, n_workers=workers,
                                          on_result=record, progress=progress)
                 summary.dvh_csv = write_cohort_dvh(out, jobs)
+                qa_csv = write_cohort_dvh_qa(out, jobs)
                 write_cohort_status(out, summary)
                 cat.finish_run(run_id, "done", {f"rt_{k}": v for k, v in summary.counts().items()})
             finally:
@@ -110,6 +131,9 @@ def convert_cmd(
             who = r.patient if input_dir is not None else f"study {f.study_uid or '(unknown)'}"
             extra = f" (+{len(r.failures) - 1} more in notes.json)" if len(r.failures) > 1 else ""
             typer.echo(f"  {who}: {r.status}: {f.code}: {_short_paths(f.reason)}{extra}")
+    n_qa = sum(1 for r in summary.results for f in r.failures if f.code == "DVH_WARN_001" and not r.skipped)
+    if qa_csv is not None:
+        typer.echo(f"TPS DVH check: {out / 'dvh_qa.csv'}" + (f" — {n_qa} structure(s) outside tolerance (catalog warnings)" if n_qa else ""))
     typer.echo(f"per patient: {out / 'patients.csv'}")
 
 
