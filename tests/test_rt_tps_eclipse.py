@@ -78,3 +78,32 @@ def test_default_qa_tolerances_pass_every_structure_of_the_real_plan(tmp_path):
     ts = tps_samples(lung, case["grid"], case["dose"])
     row = compare_structure(lung.name, lung.number, ts.dose_samples(), stored.dvhs[lung.number], strict, ts.grid_max_gy)
     assert row.status == "fail" and "volume_cc" in row.failed and "ours" in row.summary()
+
+
+def test_rt_convert_on_the_real_eclipse_plan_checks_itself_against_eclipse(tmp_path):
+    """The whole `rtlake rt convert` on the breast plan (its CT rebuilt from the plan's geometry):
+    the course links, the DVHs come from the TPS method, and every structure passes the check
+    against the DVHs Eclipse stored in the RTDOSE (~10 s: uncompressed, no previews)."""
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from ingest.cli import app
+    from tests.fixtures.rt import write_eclipse_breast_course
+
+    write_eclipse_breast_course(tmp_path / "in" / "BREAST")
+    cfg = tmp_path / "rtlake.toml"
+    cfg.write_text('[project]\nstate_dir = "state"\n[rt]\noutput = "out"\n')
+    r = CliRunner().invoke(app, ["rt", "convert", "-c", str(cfg), "--input", str(tmp_path / "in"), "--serial",
+                                 "--no-progress", "--no-previews", "--no-compress"])
+    assert r.exit_code == 0, r.output
+    notes = json.loads((tmp_path / "out" / "BREAST" / "notes.json").read_text())
+    assert notes["status"] == "SUCCESS", [n for n in notes["notes"] if n["outcome"] != "PROCEED"]
+    # Eclipse rounds contour z to 0.01 mm (168.56 vs the CT's 168.5593): within the plane tolerance, so no warning
+    assert [n["roi"] for n in notes["notes"] if n["outcome"] == "WARN"] == []
+    qa = notes["dvh_qa"]
+    assert qa["stated_scale"] == "% of the 14 Gy prescription" and qa["compared"] == 9 and qa["failed"] == 0, qa
+    assert notes["linkage"]["plan"]["label"] == "B1" and notes["linkage"]["plan"]["fractions"] == 7
+    with open(tmp_path / "out" / "dvh_qa.csv", newline="") as fh:
+        assert {row["status"] for row in csv.DictReader(fh)} == {"pass"}
