@@ -169,7 +169,7 @@ def test_sphere_close_to_analytic_in_any_orientation(iop):
     sh = P.sphere(g, "Sphere", centre, 20.0, n_points=360)
     s = tps_samples(roi_of(sh), g)
     assert abs(s.volume_cc / sh.analytic_cc - 1) < 0.015
-    assert s.subsample == 2  # 33.5 cc: the coarser lattice
+    assert s.subsample == 1  # 33.5 cc: the CT lattice (≥ 25 cc)
 
 
 def test_external_structures_use_the_ct_lattice():

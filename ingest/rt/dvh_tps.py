@@ -50,7 +50,7 @@ class TpsOptions:
     #: inward shrink of the end contour per mm of cap height (4–6 fit both Eclipse cases).
     cap_slope: float = 5.0
     fine_below_cc: float = 10.0
-    coarse_above_cc: float = 1000.0
+    coarse_above_cc: float = 25.0
     subsample_fine: int = 4
     subsample_coarse: int = 2
     #: lattice margin around the structure (CT pixels) so φ is defined outside it too.
@@ -127,8 +127,11 @@ class _Plane:
     k-d tree, and kept for later requests.
     """
 
-    #: polygon resampling step, in lattice units (distances are then exact to ~1e-4 mm)
-    RESAMPLE = 0.25
+    #: polygon resampling step for the k-d tree, in lattice units; distances are then taken to
+    #: the segments of the nearest points, so they are exact, not limited by this step
+    RESAMPLE = 1.0
+    #: query radius (lattice units) tried first; farther samples are looked up again unbounded
+    NEAR = 12.0
 
     def __init__(self, inside: np.ndarray, contours: list[np.ndarray], spacing: tuple[float, float]):
         self.inside = inside
@@ -145,22 +148,93 @@ class _Plane:
         # but small near it, so the interpolation from its neighbour still tapers onto it.
         return cls(inside, contours, spacing)
 
-    def _points(self) -> np.ndarray:
-        """Every contour resampled to ≤ RESAMPLE lattice units between points, in mm (row, col)."""
-        out = []
-        for xy in self.contours:
-            closed = np.vstack([xy, xy[:1]])
-            seg = np.diff(closed, axis=0)
-            n = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / self.RESAMPLE).astype(np.int64), 1)
-            first = np.cumsum(n) - n
-            t = (np.arange(int(n.sum())) - np.repeat(first, n)) / np.repeat(n, n)
-            base = np.repeat(closed[:-1], n, axis=0)
-            pts = base + np.repeat(seg, n, axis=0) * t[:, np.newaxis]
-            out.append(np.column_stack([pts[:, 1] * self.spacing[0], pts[:, 0] * self.spacing[1]]))
-        return np.concatenate(out) if out else np.zeros((0, 2))
+    def _index(self):
+        """k-d tree of points along every contour (mm, (row, col)); each knows its segment."""
+        from scipy.spatial import cKDTree
+
+        if not self.contours:
+            return False
+        lens = np.array([len(xy) for xy in self.contours])
+        xy = np.concatenate(self.contours)
+        a = np.column_stack([xy[:, 1] * self.spacing[0], xy[:, 0] * self.spacing[1]])
+        starts = np.cumsum(lens) - lens
+        nxt = np.arange(1, len(a) + 1)
+        nxt[starts + lens - 1] = starts  # each contour closes on itself
+        prv = np.arange(-1, len(a) - 1)
+        prv[starts] = starts + lens - 1
+        self._a, self._b = a, a[nxt]  # segment m: a[m] → b[m]
+        self._next, self._prev = nxt, prv
+        d = self._b - self._a
+        n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / (self.RESAMPLE * min(self.spacing))).astype(np.int64), 1)
+        first = np.cumsum(n) - n
+        t = (np.arange(int(n.sum())) - np.repeat(first, n) + 0.5) / np.repeat(n, n)
+        self._seg = np.repeat(np.arange(len(n)), n)
+        pts = self._a[self._seg] + d[self._seg] * t[:, np.newaxis]
+        return cKDTree(pts, balanced_tree=False, compact_nodes=False)
+
+    def _distance(self, q: np.ndarray, bound: float) -> np.ndarray:
+        """Exact distance (mm) from points to the contours: to the segment of the nearest tree point,
+        or, where that point's projection falls off the segment's end, to the neighbour there."""
+        _, idx = self._tree.query(q, k=1, distance_upper_bound=bound)
+        out = np.full(len(q), np.inf)
+        ok = np.flatnonzero(idx < self._seg.size)
+        if not ok.size:
+            return out
+        qq = q[ok]
+        seg = self._seg[idx[ok]]
+        d, t = self._to_segment(qq, seg)
+        for side, nb in ((t <= 0.0, self._prev), (t >= 1.0, self._next)):
+            x = np.flatnonzero(side)
+            if x.size:
+                d[x] = np.minimum(d[x], self._to_segment(qq[x], nb[seg[x]])[0])
+        out[ok] = d
+        return out
+
+    def _to_segment(self, q: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, unclipped projection parameter) of points to segments."""
+        a = self._a[seg]
+        ab = self._b[seg] - a
+        aq = q - a
+        t = (aq[:, 0] * ab[:, 0] + aq[:, 1] * ab[:, 1]) / np.maximum(ab[:, 0] ** 2 + ab[:, 1] ** 2, 1e-12)
+        tc = np.clip(t, 0.0, 1.0)
+        return np.hypot(aq[:, 0] - ab[:, 0] * tc, aq[:, 1] - ab[:, 1] * tc), t
+
+    def grown(self) -> np.ndarray:
+        """The inside samples and their 8 neighbours (flat): a superset of where φ > 0."""
+        if getattr(self, "_grown", None) is None:
+            m = self.inside.copy()
+            m[1:, :] |= self.inside[:-1, :]
+            m[:-1, :] |= self.inside[1:, :]
+            g = m.copy()
+            g[:, 1:] |= m[:, :-1]
+            g[:, :-1] |= m[:, 1:]
+            self._grown = g.ravel()
+        return self._grown
+
+    def signed(self, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
+        """φ at arbitrary (continuous) lattice positions: exact distance, even-odd sign."""
+        if self._tree is None:
+            self._tree = self._index()
+        if self._tree is False:
+            return np.full(ri.size, -np.inf)
+        q = np.column_stack([ri * self.spacing[0], rj * self.spacing[1]])
+        d = self._distance(q, np.inf)
+        crossings = np.zeros(ri.size, np.int64)
+        a, b = self._a, self._b
+        for s0 in range(0, ri.size, 2048):  # even-odd: crossings of a ray towards +column
+            y, x = q[s0 : s0 + 2048, 0:1], q[s0 : s0 + 2048, 1:2]
+            straddle = (a[:, 0] > y) != (b[:, 0] > y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xc = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+            crossings[s0 : s0 + 2048] = np.count_nonzero(straddle & (xc > x), axis=1)
+        return np.where(crossings % 2 == 1, d, -d)
 
     def phi(self, flat_idx: np.ndarray, bound: float = np.inf) -> np.ndarray:
-        """φ at lattice samples (flat indices); |φ| beyond `bound` may come back as ±inf."""
+        """φ at lattice samples (flat indices); |φ| beyond `bound` may come back as ±inf.
+
+        Values are kept, so a sample asked for again (by the next plane pair, or for a dose-grid
+        voxel) costs nothing.
+        """
         if self._field is None:
             self._field = np.full(self.flat.size, np.nan, np.float32)
         f = self._field
@@ -169,17 +243,18 @@ class _Plane:
         if todo.any():
             need = flat_idx[todo]  # repeats are harmless (same answer twice)
             if self._tree is None:
-                from scipy.spatial import cKDTree
-
-                pts = self._points()
-                self._tree = cKDTree(pts) if len(pts) else False
+                self._tree = self._index()
             ins = self.flat[need]
             if self._tree is False:
                 res = np.where(ins, np.inf, -np.inf)
             else:
                 ii, jj = np.divmod(need, self.nj)
                 q = np.column_stack([ii * self.spacing[0], jj * self.spacing[1]])
-                d, _ = self._tree.query(q, distance_upper_bound=bound if np.isfinite(bound) else np.inf)
+                near = self.NEAR * min(self.spacing)
+                d = self._distance(q, min(bound, near) if np.isfinite(bound) else near)
+                far = ~np.isfinite(d)
+                if far.any() and not (np.isfinite(bound) and bound <= near):
+                    d[far] = self._distance(q[far], bound if np.isfinite(bound) else np.inf)
                 res = np.where(ins, d, -d)
             keep = np.isfinite(res)  # values cut at the bound are not the true φ: do not keep them
             f[need[keep]] = res[keep]
@@ -378,7 +453,24 @@ def tps_samples(
         smax = float(max(x.max() for x in (fd, pd) if x.size))
         builder = lambda k: _Plane.build(plane_mask(k), [q[:, :2] - [j0, i0] for q in pts_idx[k]], lat.spacing)  # noqa: E731
         gmin, gmax = _grid_extremes(dose, sg, lat, planes, nk, builder, cap_mm, smin, smax)
+        # The contours themselves are the solid's surface on the planes: in a gradient the extremes
+        # lie there (the TPS, sampling its own boundary, reports them).
+        verts = np.concatenate([q for k in planes for q in pts_idx[k]])
+        vd = _trilinear(dose, sg, verts[:, 0], verts[:, 1], verts[:, 2])
+        inside_grid = _inside_dose_hull(dose, sg, verts)
+        if inside_grid.any():
+            vmin, vmax = float(vd[inside_grid].min()), float(vd[inside_grid].max())
+            gmin = vmin if gmin is None else min(gmin, vmin)
+            gmax = vmax if gmax is None else max(gmax, vmax)
     return TpsSamples(fd, n_full, cell, pd, pw, gmin, gmax, s, len(planes), warnings)
+
+
+def _inside_dose_hull(dose, sg: Grid, pts: np.ndarray) -> np.ndarray:
+    """Lattice points (j, i, k) inside the hull of the dose-grid voxel centres (where the TPS has dose)."""
+    A, b = _affine_to(sg, dose.grid)
+    c = A @ pts.T + b[:, np.newaxis]
+    hi = np.array([dose.grid.shape[2], dose.grid.shape[1], dose.grid.shape[0]], float)[:, np.newaxis] - 1
+    return np.all((c >= -1e-4) & (c <= hi + 1e-4), axis=0)
 
 
 # ----------------------------------------------------------------------------- dose
@@ -421,13 +513,18 @@ class _PlaneDose:
     def __init__(self, dose, box: Grid) -> None:
         from .dose import _axis_weights
 
-        self.arr = dose.gy
         self.klo, self.kw, self.kin = _axis_weights(dose.grid, box, 2)
-        self.ilo, iw, iin = _axis_weights(dose.grid, box, 1)
-        self.jlo, jw, jin = _axis_weights(dose.grid, box, 0)
-        self.ihi = np.minimum(self.ilo + 1, self.arr.shape[1] - 1)
-        self.jhi = np.minimum(self.jlo + 1, self.arr.shape[2] - 1)
-        self.khi = np.minimum(self.klo + 1, self.arr.shape[0] - 1)
+        ilo, iw, iin = _axis_weights(dose.grid, box, 1)
+        jlo, jw, jin = _axis_weights(dose.grid, box, 0)
+        n_k, n_i, n_j = dose.gy.shape
+        # only the dose rows/columns the box touches are interpolated
+        i0, i1 = int(ilo.min()), min(int(ilo.max()) + 2, n_i)
+        j0, j1 = int(jlo.min()), min(int(jlo.max()) + 2, n_j)
+        self.arr = dose.gy[:, i0:i1, j0:j1]
+        self.ilo, self.jlo = ilo - i0, jlo - j0
+        self.ihi = np.minimum(self.ilo + 1, i1 - i0 - 1)
+        self.jhi = np.minimum(self.jlo + 1, j1 - j0 - 1)
+        self.khi = np.minimum(self.klo + 1, n_k - 1)
         self.iw = iw[:, np.newaxis]
         self.jw = jw[np.newaxis, :]
         self.mask = (iin[:, np.newaxis] & jin[np.newaxis, :]).astype(np.float32)
@@ -457,13 +554,13 @@ def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, bu
     """Smallest and largest dose-grid voxel value whose centre lies inside the solid.
 
     The TPS reports its maximum as a grid value, which trilinear samples can miss by a
-    fraction of the local gradient. Only voxels beyond the samples' own range can change
-    the answer, so only those few are tested for membership.
+    fraction of the local gradient. Only voxels beyond the samples' own range can change the
+    answer, so only those few are tested, each at its exact position (not its nearest sample).
     """
     pts = _dose_centres_in_box(dose, sg, lat, planes[0] - 0.5, planes[-1] + 0.5, smin, smax)
     if pts is None:
         return None, None
-    flat, kz, val = pts
+    ri, rj, kz, val = pts
     first, last = planes[0], planes[-1]
     built: dict[int, _Plane] = {}
 
@@ -472,36 +569,36 @@ def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, bu
             built[k] = builder(k)
         return built[k]
 
-    inside = np.zeros(flat.size, bool)
-    seg = np.searchsorted(planes, kz, side="right") - 1  # plane at or below kz (−1: below the first)
-    for g in np.unique(seg):
-        idx = np.flatnonzero(seg == g)
-        f, z = flat[idx], kz[idx]
-        if g < 0 or (g == len(planes) - 1 and np.all(z > last)):
-            end = first if g < 0 else last
-            if (g < 0 and first == 0) or (g >= 0 and last == nk - 1):
-                continue  # nothing beyond the image
-            p = pl(end)
-            ok = p.flat[f].copy()
-            if ok.any():
-                x = np.flatnonzero(ok)
-                ok[x] = p.phi(f[x], bound=cap_mm) > cap_mm * np.abs(z[x] - end)
-            inside[idx] = ok
-            continue
-        a = planes[g]
-        at_plane = z == a
-        pa = pl(a)
-        ok = pa.flat[f] & at_plane
-        if g + 1 < len(planes):
-            b = planes[g + 1]
-            pb = pl(b)
-            ina, inb = pa.flat[f], pb.flat[f]
-            between = ~at_plane
-            ok |= between & ina & inb
-            x = np.flatnonzero(between & (ina ^ inb))
-            if x.size:
-                t = (z[x] - a) / float(b - a)
-                ok[x] = (1 - t) * pa.phi(f[x]) + t * pb.phi(f[x]) > 0
+    inside = np.zeros(kz.size, bool)
+    below, above = kz < first, kz > last
+    for sel, end, allowed in ((below, first, first > 0), (above, last, last < nk - 1)):
+        idx = np.flatnonzero(sel)
+        if idx.size and allowed:  # a cap, unless the end plane is the first/last CT slice
+            cell = (np.clip(np.rint(ri[idx]).astype(np.int64), 0, lat.ni - 1) * lat.nj
+                    + np.clip(np.rint(rj[idx]).astype(np.int64), 0, lat.nj - 1))
+            idx = idx[pl(end).grown()[cell]]
+            inside[idx] = pl(end).signed(ri[idx], rj[idx]) > cap_mm * np.abs(kz[idx] - end)
+    mid = np.flatnonzero(~below & ~above)
+    g = np.searchsorted(planes, kz[mid], side="right") - 1  # plane at or below
+    # A voxel whose nearest sample is more than a sample away from both planes' insides is outside.
+    near = np.zeros(mid.size, bool)
+    cell = np.clip(np.rint(ri[mid]).astype(np.int64), 0, lat.ni - 1) * lat.nj + np.clip(np.rint(rj[mid]).astype(np.int64), 0, lat.nj - 1)
+    for m in np.unique(g):
+        sel = np.flatnonzero(g == m)
+        grown = pl(planes[m]).grown() | (pl(planes[m + 1]).grown() if m + 1 < len(planes) else False)
+        near[sel] = grown[cell[sel]]
+    mid, g = mid[near], g[near]
+    for m in np.unique(g):
+        idx = mid[g == m]
+        a = planes[m]
+        on = kz[idx] == a
+        phi_a = pl(a).signed(ri[idx], rj[idx])
+        ok = on & (phi_a > 0)
+        if m + 1 < len(planes) and not on.all():
+            b = planes[m + 1]
+            x = ~on
+            t = (kz[idx][x] - a) / float(b - a)
+            ok[x] = (1 - t) * phi_a[x] + t * pl(b).signed(ri[idx][x], rj[idx][x]) > 0
         inside[idx] = ok
     if not inside.any():
         return None, None
@@ -510,8 +607,8 @@ def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, bu
 
 
 def _dose_centres_in_box(dose, sg: Grid, lat: _Lattice, kz_lo: float, kz_hi: float, below: float, above: float):
-    """(lattice flat index, slice position, dose) of the dose-grid voxel centres in the structure's
-    box and slab range whose dose is below `below` or above `above`; None when there are none."""
+    """(lattice row, column (continuous, box-relative), slice position, dose) of the dose-grid voxel
+    centres in the structure's box and slab range whose dose is below `below` or above `above`."""
     import itertools
 
     dgrid = dose.grid
@@ -522,41 +619,16 @@ def _dose_centres_in_box(dose, sg: Grid, lat: _Lattice, kz_lo: float, kz_hi: flo
     hi = np.minimum(np.ceil(dc.max(axis=0)).astype(int), np.array([dgrid.shape[2], dgrid.shape[1], dgrid.shape[0]]) - 1)
     if np.any(hi < lo):
         return None
-    A, b = _affine_to(dgrid, sg)
-    ks = np.arange(lo[2], hi[2] + 1)
-    out_f, out_z, out_v = [], [], []
-    if np.allclose(dgrid.direction, sg.direction, atol=1e-6):
-        # Separable: lattice column depends on the dose column only, row on row, slice on frame.
-        cj = np.rint(A[0, 0] * np.arange(lo[0], hi[0] + 1) + b[0]).astype(np.int64) - lat.j0
-        ci = np.rint(A[1, 1] * np.arange(lo[1], hi[1] + 1) + b[1]).astype(np.int64) - lat.i0
-        jsel = np.flatnonzero((cj >= 0) & (cj < lat.nj))
-        isel = np.flatnonzero((ci >= 0) & (ci < lat.ni))
-        if not (jsel.size and isel.size):
-            return None
-        flat = (ci[isel][:, np.newaxis] * lat.nj + cj[jsel][np.newaxis, :]).ravel()
-        rows, cols = isel + lo[1], jsel + lo[0]
-        for k in ks:
-            z = A[2, 2] * k + b[2]
-            if z < kz_lo or z > kz_hi:
-                continue
-            v = dose.gy[k][np.ix_(rows, cols)].ravel()
-            c = np.flatnonzero((v < below) | (v > above))
-            if c.size:
-                out_f.append(flat[c])
-                out_z.append(np.full(c.size, z))
-                out_v.append(v[c])
-    else:
-        kk, ii, jj = np.meshgrid(ks, np.arange(lo[1], hi[1] + 1), np.arange(lo[0], hi[0] + 1), indexing="ij")
-        v = dose.gy[kk.ravel(), ii.ravel(), jj.ravel()]
-        c = np.flatnonzero((v < below) | (v > above))
-        if c.size:
-            p = A @ np.vstack([jj.ravel()[c], ii.ravel()[c], kk.ravel()[c]]).astype(np.float64) + b[:, np.newaxis]
-            rj = np.rint(p[0]).astype(np.int64) - lat.j0
-            ri = np.rint(p[1]).astype(np.int64) - lat.i0
-            ok = (rj >= 0) & (rj < lat.nj) & (ri >= 0) & (ri < lat.ni) & (p[2] >= kz_lo) & (p[2] <= kz_hi)
-            out_f.append((ri * lat.nj + rj)[ok])
-            out_z.append(p[2][ok])
-            out_v.append(v[c][ok])
-    if not out_f or not sum(x.size for x in out_f):
+    kk, ii, jj = np.meshgrid(np.arange(lo[2], hi[2] + 1), np.arange(lo[1], hi[1] + 1), np.arange(lo[0], hi[0] + 1),
+                             indexing="ij")
+    v = dose.gy[kk, ii, jj].ravel()
+    c = np.flatnonzero((v < below) | (v > above))  # only these can move the structure's min or max
+    if not c.size:
         return None
-    return np.concatenate(out_f), np.concatenate(out_z), np.concatenate(out_v)
+    A, b = _affine_to(dgrid, sg)
+    p = A @ np.vstack([jj.ravel()[c], ii.ravel()[c], kk.ravel()[c]]).astype(np.float64) + b[:, np.newaxis]
+    ri, rj = p[1] - lat.i0, p[0] - lat.j0
+    ok = (ri >= -0.5) & (ri <= lat.ni - 0.5) & (rj >= -0.5) & (rj <= lat.nj - 0.5) & (p[2] >= kz_lo) & (p[2] <= kz_hi)
+    if not ok.any():
+        return None
+    return ri[ok], rj[ok], p[2][ok], v[c][ok]
