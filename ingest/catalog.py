@@ -41,7 +41,7 @@ MIGRATIONS: list[str] = [
         run_id VARCHAR PRIMARY KEY,
         started_at TIMESTAMP NOT NULL,
         finished_at TIMESTAMP,
-        status VARCHAR NOT NULL,          -- running | done | failed
+        status VARCHAR NOT NULL,          -- running | done | partial | failed | interrupted
         source VARCHAR,
         store VARCHAR,
         counts VARCHAR                    -- JSON object of stage counts
@@ -172,6 +172,38 @@ MIGRATIONS: list[str] = [
         n_problems INTEGER
     );
     """,
+    # 3 (issue 12): change detection that does not follow StudyDate, failures that name their target and
+    #    clear when fixed, cohort relabels, run outcomes with a reason.
+    """
+    ALTER TABLE patients ADD COLUMN needs_harvest BOOLEAN DEFAULT TRUE;   -- list in full on the next run
+    ALTER TABLE failures ADD COLUMN last_seen_run VARCHAR;               -- the last run that met it
+    ALTER TABLE failures ADD COLUMN hospital_id VARCHAR;                 -- identified side only, never logged
+    ALTER TABLE runs ADD COLUMN message VARCHAR;                         -- why a run ended failed/interrupted
+    CREATE TABLE IF NOT EXISTS source_cursors (
+        source VARCHAR PRIMARY KEY,       -- [source].name
+        kind VARCHAR NOT NULL,            -- e.g. orthanc-changes
+        cursor VARCHAR NOT NULL,          -- e.g. the last Orthanc change sequence number read
+        run_id VARCHAR NOT NULL,
+        updated_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS relabels (
+        run_id VARCHAR NOT NULL,
+        hospital_id VARCHAR NOT NULL,
+        old_subject VARCHAR NOT NULL,
+        new_subject VARCHAR NOT NULL,
+        study_uid VARCHAR,                -- NULL for the patient row itself
+        label VARCHAR,
+        status VARCHAR NOT NULL,          -- moved | planned | manual | failed
+        detail VARCHAR,
+        relabelled_at TIMESTAMP NOT NULL
+    );
+    """,
+    # 4 (issue 13): failure rates for imported lists: the run whose selection a list answers, and/or
+    #    how many studies the batch sent (JSON {"CT": 40, "*": 120}; "*" = all modalities together).
+    """
+    ALTER TABLE failure_imports ADD COLUMN batch_run VARCHAR;
+    ALTER TABLE failure_imports ADD COLUMN attempted VARCHAR;
+    """,
 ]
 
 
@@ -234,15 +266,19 @@ class Catalog:
         )
         return run_id
 
-    def finish_run(self, run_id: str, status: str, counts: dict[str, int]) -> None:
+    def finish_run(self, run_id: str, status: str, counts: dict[str, int], message: str | None = None) -> None:
+        """Close a run with its outcome: done | partial | failed | interrupted."""
         self.execute(
-            "UPDATE runs SET finished_at = ?, status = ?, counts = ? WHERE run_id = ?",
-            [_now(), status, json.dumps(counts, sort_keys=True), run_id],
+            "UPDATE runs SET finished_at = ?, status = ?, counts = ?, message = ? WHERE run_id = ?",
+            [_now(), status, json.dumps(counts, sort_keys=True), message, run_id],
         )
 
-    def last_finished_run(self) -> dict | None:
+    def last_finished_run(self, statuses: tuple[str, ...] = ("done", "partial")) -> dict | None:
+        """The latest run that got its work done (a `partial` run did: only some studies failed)."""
+        marks = ", ".join("?" for _ in statuses)
         rows = self.query_dicts(
-            "SELECT * FROM runs WHERE status = 'done' ORDER BY started_at DESC, run_id DESC LIMIT 1"
+            f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY started_at DESC, run_id DESC LIMIT 1",
+            list(statuses),
         )
         return rows[0] if rows else None
 
@@ -255,28 +291,61 @@ class Catalog:
         reason: str,
         study_uid: str | None = None,
         error_type: str | None = None,
+        hospital_id: str | None = None,
     ) -> bool:
-        """Record a problem once; returns False when the same problem was already on file."""
+        """Record a problem once; returns False when the same problem was already on file.
+
+        A repeat is not a new row, but it is stamped with this run (`last_seen_run`), so "this run's
+        failures" and "open failures" can both be listed; a problem that comes back after it was
+        resolved is re-opened.
+        """
         fid = hashlib.sha1(f"{stage}\x00{target}\x00{reason}".encode()).hexdigest()[:20]
         with self._lock:
             exists = self.con.execute(
                 "SELECT resolved_run FROM failures WHERE failure_id = ?", [fid]
             ).fetchone()
             if exists is not None:
-                if exists[0] is not None:  # it came back after being resolved
-                    self.con.execute("UPDATE failures SET resolved_run = NULL WHERE failure_id = ?", [fid])
+                self.con.execute("UPDATE failures SET resolved_run = NULL, last_seen_run = ?, seen_at = ? "
+                                 "WHERE failure_id = ?", [run_id, _now(), fid])
                 return False
             self.con.execute(
-                "INSERT INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                [fid, run_id, stage, target, study_uid, reason, error_type, _now()],
+                "INSERT INTO failures (failure_id, run_id, stage, target, study_uid, reason, error_type, seen_at, "
+                "resolved_run, last_seen_run, hospital_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [fid, run_id, stage, target, study_uid, reason, error_type, _now(), run_id, hospital_id],
             )
             return True
 
-    def resolve_failures(self, run_id: str, study_uid: str) -> None:
-        self.execute(
-            "UPDATE failures SET resolved_run = ? WHERE study_uid = ? AND resolved_run IS NULL",
-            [run_id, study_uid],
-        )
+    def resolve_failures(self, run_id: str, study_uid: str, stages: tuple[str, ...] | None = None) -> None:
+        """Close the open failures of a study that a later step handled (optionally only some stages)."""
+        sql = "UPDATE failures SET resolved_run = ? WHERE study_uid = ? AND resolved_run IS NULL"
+        params: list[Any] = [run_id, study_uid]
+        if stages:
+            sql += f" AND stage IN ({', '.join('?' for _ in stages)})"
+            params += list(stages)
+        self.execute(sql, params)
+
+    def resolve_target(self, run_id: str, stage: str, target: str) -> None:
+        """Close the open failures of one stage on one target (e.g. a patient query that now succeeds)."""
+        self.execute("UPDATE failures SET resolved_run = ? WHERE stage = ? AND target = ? AND resolved_run IS NULL",
+                     [run_id, stage, target])
+
+    def resolve_missing(self, run_id: str, stage: str, still_open: set[str]) -> None:
+        """Close the open failures of a stage whose target is no longer reported (a file fixed or removed)."""
+        with self._lock:
+            rows = self.con.execute("SELECT failure_id, target FROM failures WHERE stage = ? AND resolved_run IS NULL",
+                                    [stage]).fetchall()
+            for fid, target in rows:
+                if target not in still_open:
+                    self.con.execute("UPDATE failures SET resolved_run = ? WHERE failure_id = ?", [run_id, fid])
+
+    # -- cursors --------------------------------------------------------------
+    def get_cursor(self, source: str, kind: str) -> str | None:
+        row = self.execute("SELECT cursor FROM source_cursors WHERE source = ? AND kind = ?", [source, kind]).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, source: str, kind: str, cursor: str, run_id: str) -> None:
+        self.execute("INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?, ?, ?)",
+                     [source, kind, cursor, run_id, _now()])
 
     # -- helpers --------------------------------------------------------------
     def query_dicts(self, sql: str, params: Any = None) -> list[dict]:

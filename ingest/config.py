@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -95,7 +95,10 @@ class XnatStoreConfig(_Section):
     password_env: str = Field("RTLAKE_XNAT_PASSWORD", description="Environment variable holding the password.")
     verify_tls: bool = Field(True, description="Verify TLS certificates.")
     ca_bundle: Path | None = Field(None, description="Custom CA bundle file.")
-    overwrite: Literal["none", "append", "delete"] = Field("none", description="Import overwrite policy.")
+    overwrite: Literal["none", "append", "delete"] = Field(
+        "none", description="A session already in XNAT: 'none' leaves it, 'append' merges new files into it, "
+        "'delete' deletes it and imports the study afresh (also when its label holds another study)."
+    )
     pacs_id: int = Field(1, description="DQR mode: XNAT's PACS id.")
     query_batch: int = Field(200, ge=1, description="DQR mode: rows per batch query.")
     import_batch: int = Field(50, ge=1, description="DQR mode: studies per import call.")
@@ -114,6 +117,18 @@ class XnatStoreConfig(_Section):
     )
     dqr_failures_dir: Path | None = Field(
         None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
+    )
+    # issue 14: XNAT stores against a real XNAT
+    identity: Literal["uid", "label"] = Field(
+        "uid", description="When a session already in XNAT is this study: same label and StudyInstanceUID "
+        "('uid'), or same label under the same subject ('label', for sites whose anonymisation script rewrites UIDs)."
+    )
+    dqr_ae_title: str = Field("", description="DQR mode: AE title of XNAT's own DICOM receiver the PACS sends to.")
+    dqr_port: int = Field(0, ge=0, le=65535, description="DQR mode: port of that DICOM receiver.")
+    dqr_poll_seconds: float = Field(5.0, gt=0, description="DQR mode: seconds between polls of the queue and archive.")
+    dqr_stable_polls: int = Field(
+        2, ge=1, description="DQR mode: polls a pulled session's scan count must stay unchanged to count as arrived "
+        "(used when XNAT's queue entry does not list the series it asked the PACS for)."
     )
 
 
@@ -144,12 +159,60 @@ class CriteriaConfig(_Section):
     history_dir: Path = Field(Path("criteria-history"), description="Dated copies of the lists after each review import.")
 
 
+# ARIA's roots for RT verification (portal image / CBCT) studies, as the RT-HaND scripts use them.
+# Every other Varian study (planning CT, RTSTRUCT, RTPLAN, RTDOSE) also starts 1.2.246.352.71.1., so
+# the old default "1.2.246.352.71.1." skipped real RT data.
+ARIA_VERIFICATION_ROOTS = ["1.2.246.352.71.1.658820455611", "1.2.246.352.71.1.850931706547"]
+
+
 class HarvestConfig(_Section):
-    overlap_days: int = Field(30, ge=0, description="Re-query this many days before the last harvest.")
+    window_days: int | None = Field(
+        None, ge=0,
+        description="Opt-in StudyDate window: ask each patient only for studies dated after the last harvest "
+                    "minus this many days. Unset (default) lists every study each run, so late-arriving studies "
+                    "with old dates are found. Set only for a PACS where full per-patient queries are too slow: "
+                    "studies imported later with an older date are then MISSED (use `rtlake update --full`).",
+    )
+    use_change_log: bool = Field(
+        True, description="Orthanc REST: visit only patients whose studies changed since the last run "
+                          "(GET /changes), falling back to the full listing when the log cannot cover the gap.",
+    )
+    change_log_page: int = Field(1000, ge=1, description="Orthanc change-log entries read per request.")
     skip_uid_prefixes: list[str] = Field(
-        ["1.2.246.352.71.1."], description="StudyInstanceUID prefixes of RT verification studies to skip."
+        list(ARIA_VERIFICATION_ROOTS),
+        description="UID roots of RT verification studies to skip (whole components: a root matches the UID "
+                    "itself or UIDs continuing with '.'). Default: the two ARIA verification roots.",
     )
     placeholder_dates: list[str] = Field(["2099-01-01"], description="Study dates that mean 'scheduled, no date'.")
+    check_retries: int = Field(
+        1, ge=0, description="Retries of the start-of-run check that the source and store answer (kept short: "
+                             "a dead PACS stops the run within seconds).",
+    )
+    max_consecutive_query_failures: int = Field(
+        3, ge=1, description="After this many patient queries in a row fail as unreachable, the source is checked "
+                             "again; if it does not answer the run stops as failed instead of retrying every patient.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "overlap_days" in data:
+            raise ValueError("overlap_days was removed: by default every run lists each patient's studies in full "
+                             "(late arrivals with old dates are found); to opt in to a StudyDate window set "
+                             "window_days instead")
+        return data
+
+    @field_validator("placeholder_dates")
+    @classmethod
+    def _iso_dates(cls, v: list[str]) -> list[str]:
+        import datetime as _dt
+
+        for d in v:
+            try:
+                _dt.date.fromisoformat(d)
+            except ValueError:
+                raise ValueError(f"{d!r} is not a YYYY-MM-DD date") from None
+        return v
 
 
 class ReportConfig(_Section):
@@ -164,6 +227,29 @@ class LoggingConfig(_Section):
     identifiers_in_logs: bool = Field(
         False, description="Allow patient identifiers in log lines (off: logs use study UIDs only)."
     )
+
+
+class SecurityConfig(_Section):
+    outbox_group: str | None = Field(
+        None, description="Group that may read the EDW outbox (e.g. the EDW service account's group); none = "
+                          "owner-only like everything else rtlake writes (files 0600, folders 0700).",
+    )
+    outbox_mode: str = Field("0640", description="File mode of outbox files when outbox_group is set (octal).")
+
+    @field_validator("outbox_mode")
+    @classmethod
+    def _octal(cls, v: str) -> str:
+        try:
+            m = int(v, 8)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an octal file mode such as '0640'") from None
+        if m & 0o007:
+            raise ValueError(f"{v!r} gives access to every account on the machine; share with a group instead")
+        return v
+
+    @property
+    def outbox_mode_bits(self) -> int:
+        return int(self.outbox_mode, 8)
 
 
 class PseudoConfig(_Section):
@@ -201,6 +287,7 @@ class Config(_Section):
     harvest: HarvestConfig = HarvestConfig()
     report: ReportConfig = ReportConfig()
     logging: LoggingConfig = LoggingConfig()
+    security: SecurityConfig = SecurityConfig()
     pseudo: PseudoConfig = PseudoConfig()
     rt: RtConfig = RtConfig()
 

@@ -33,7 +33,8 @@ import numpy as np
 from .errors import PermanentError
 from .synth import descriptions as D
 from .synth.dicom import (
-    RT_VERIFICATION_UID_PREFIX,
+    RT_VERIFICATION_UID_ROOTS,
+    VARIAN_UID_ROOT,
     PatientInfo,
     StudyInfo,
     UidFactory,
@@ -280,7 +281,7 @@ class _Gen:
         return len(plan), n_inst
 
 
-def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
+def generate(out: Path, n_patients: int = 24, seed: int = 7, force: bool = False) -> DemoPaths:
     """Write a deterministic synthetic cohort (folder PACS, side inputs, config) into ``out``.
 
     Replaces whatever a previous ``generate`` wrote there (pacs/, the side inputs, rtlake.toml) and
@@ -288,13 +289,14 @@ def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
 
     Raises:
         ValueError: ``n_patients`` < 1.
-        PermanentError: ``out/pacs`` exists but was not written by this generator (never deleted).
+        PermanentError: ``out`` holds files but no marker of this generator (so it may hold a real
+            cohort list, never overwritten) and ``force`` is not set.
     """
     if n_patients < 1:
         raise ValueError("n_patients must be at least 1")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
+    _clear_previous(out, force)
 
     from pydicom import config as pydicom_config
 
@@ -322,10 +324,10 @@ def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
     return paths
 
 
-def _clear_previous(out: Path) -> None:
-    pacs = out / "pacs"
-    if pacs.exists() and not (out / MARKER).exists() and any(pacs.iterdir()):
-        raise PermanentError(f"{pacs}: exists and was not written by `rtlake demo-data`; not overwriting it")
+def _clear_previous(out: Path, force: bool = False) -> None:
+    if not force and not (out / MARKER).exists() and any(out.iterdir()):
+        raise PermanentError(f"{out}: not empty and not made by `rtlake demo-data` (no {MARKER} marker); "
+                             "not writing into it (--force to do so anyway)")
     for name in GENERATED:
         p = out / name
         if p.is_dir() and not p.is_symlink():
@@ -383,14 +385,17 @@ def _build(gen: _Gen) -> tuple[list[SyntheticPatient], list[Path], list[dict]]:
         if i in with_rt:
             rt_date = gen.date(dt.date(2016, 1, 1), dt.date(2024, 11, 30))
             p.rt_start = rt_date + dt.timedelta(days=rng.randint(8, 14))
-            study = StudyInfo(gen.uid(), rt_date, gen.time(), D.RT_COURSE_DESCRIPTION, accession="", study_id="RT1")
+            # ARIA's own root, as real planning studies carry: the run must NOT skip these as verification.
+            study = StudyInfo(gen.uid(VARIAN_UID_ROOT), rt_date, gen.time(), D.RT_COURSE_DESCRIPTION, accession="",
+                              study_id="RT1")
             rt = write_rt_set(gen.pacs / patient_folder(p.hospital_id), info, gen.uid, study=study, seed=rng.randrange(2**31))
             p.studies.append(SyntheticStudy(study.study_uid, "", rt_date, D.RT_COURSE_DESCRIPTION,
                                             D.RT_COURSE_DESCRIPTION, "rt", rt.modalities, "RT1", 4, len(rt.paths)))
         for v in range(verification_patients.count(i)):
+            n_verification = sum(1 for q in patients for x in q.studies if x.category == "verification")
             # RT verification CBCT (ARIA UID root): the run must skip it by UID prefix.
             when = (p.rt_start or gen.study_date()) + dt.timedelta(days=7 * (v + 1))
-            study = StudyInfo(gen.uid(RT_VERIFICATION_UID_PREFIX), when, gen.time(), D.RT_VERIFICATION_DESCRIPTION,
+            study = StudyInfo(gen.uid(RT_VERIFICATION_UID_ROOTS[n_verification % 2] + "."), when, gen.time(), D.RT_VERIFICATION_DESCRIPTION,
                               accession="", study_id="")
             series_uid, frame_uid = gen.uid(), gen.uid()
             sops = [gen.uid() for _ in range(3)]

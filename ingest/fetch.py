@@ -100,9 +100,13 @@ def read_fetch_list(path: Path) -> tuple[list[FetchRow], list[tuple[int, str]]]:
         raise InputFileError(path, f"cannot read: {exc}") from None
     reader = csv.DictReader(text.splitlines())
     cols = {c: _COLUMNS.get(re.sub(r"[^a-z]", "", (c or "").lower())) for c in (reader.fieldnames or [])}
+    known = "PatientID, AccessionNumber, StudyInstanceUID, StudyDate, DateFrom, DateTo, StudyDescription"
+    unknown = [c for c, v in cols.items() if v is None and (c or "").strip()]
+    if unknown:  # a column we would silently ignore could be the one that narrows the query
+        raise InputFileError(path, f"unknown column(s) {', '.join(repr(c) for c in unknown)}; known: {known}",
+                             line=1)
     if not any(cols.values()):
-        raise InputFileError(path, "no known column (PatientID, AccessionNumber, StudyInstanceUID, StudyDate, "
-                                   "DateFrom, DateTo, StudyDescription)", line=1)
+        raise InputFileError(path, f"no known column ({known})", line=1)
     rows, problems = [], []
     for i, raw in enumerate(reader, start=2):
         vals = {cols[k]: (v or "").strip() for k, v in raw.items() if k in cols and cols[k]}

@@ -1,22 +1,32 @@
-"""The periodic update run: harvest → select → ingest → report, resumable and idempotent.
+"""The periodic update run: check → harvest → select → ingest → report, resumable and idempotent.
 
 All state lives in the catalog and every step is keyed by StudyInstanceUID, so a run killed
 at any point is finished by the next one: studies whose session is not `stored` are simply
 taken again; files already in the store are recognised and not copied twice; a session label
 is fixed before its first file is written. A second run with nothing new changes nothing but
 its own `runs` row and the patients' harvest cursors.
+
+Change detection does not follow StudyDate (studies arrive late with old dates): by default each
+living patient's studies are listed in full and diffed against the catalog; on Orthanc REST the
+change log narrows that to the patients whose studies changed. Every run ends with an outcome
+(`done`, `partial`, `failed`, `interrupted`) that the CLI turns into a distinct exit code.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import json
 import logging
+import os
+import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,20 +36,44 @@ from criteria.review import effective_lists
 from .catalog import Catalog
 from .config import Config
 from . import failpoints
-from .errors import ConfigError, RtlakeError, SourceUnavailable, TransientError
+from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
 from .lock import run_lock
+from .logsetup import set_run_id
+from .security import loose, private_umask, share_outbox, walk
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
 from .sources import open_source
-from .sources.base import Source
+from .sources.base import ChangeFeed, Source
 from .stores import open_store
 from .stores.base import Store
 
 log = logging.getLogger(__name__)
 
-COUNT_KEYS = ("patients", "deceased_skipped", "harvested", "new_studies", "included", "excluded", "review",
-              "verification_skipped", "ingested", "files", "failed", "new_failures")
+#: What each outcome means and the exit code `rtlake update` gives it (README "Exit codes").
+OUTCOMES = {
+    "done": (0, "every selected study is stored"),
+    "partial": (3, "the run finished, but some patient queries, files or studies failed (listed)"),
+    "failed": (4, "the source or store could not be used, so the run could not do its job"),
+    "interrupted": (130, "stopped by Ctrl-C or SIGTERM; the next run resumes"),
+}
+EXIT_CONFIG = 2
+EXIT_LOCKED = 5
+#: Failure stages that make a run `partial`: something real (a patient, a file, a study) was not done.
+WORK_STAGES = ("index", "harvest", "retrieve", "store", "pseudo", "relabel")
+
+# This run's counts, then the lake's totals (the summary prints them as two tables).
+RUN_KEYS = ("patients", "patients_queried", "deceased_skipped", "harvested", "new_studies", "changed_studies",
+            "verification_skipped_new", "placeholder_skipped_new", "ingested", "files", "failed",
+            "new_failures", "relabelled")
+TOTAL_KEYS = ("included", "excluded", "review", "verification_skipped", "placeholder_skipped",
+              "lake_subjects", "lake_sessions", "lake_files", "open_failures")
+COUNT_KEYS = RUN_KEYS + TOTAL_KEYS
+_SKIP_KEYS = {"skip_verification": "verification_skipped", "skip_placeholder": "placeholder_skipped"}
+
+
+class RunFailed(RtlakeError):
+    """The run cannot do its job (source or store unusable): stop now, change nothing downstream."""
 
 
 @dataclass
@@ -49,54 +83,139 @@ class RunSummary:
     outputs: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     status: str = "done"
+    message: str = ""
+    harvest_mode: str = ""
+    #: (stage, reason with identifiers folded, count) of the failures this run met and left open
+    failure_groups: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return OUTCOMES.get(self.status, (1, ""))[0]
 
     def print(self, console: Console) -> None:
-        t = Table(title=f"rtlake update {self.run_id} — {self.status}")
-        t.add_column("stage")
-        t.add_column("count", justify="right")
-        for k in COUNT_KEYS:
-            t.add_row(k.replace("_", " "), str(self.counts.get(k, 0)))
-        console.print(t)
+        head = f"rtlake update {self.run_id}: {self.status.upper()}"
+        if self.message:
+            head += f" — {self.message}"
+        console.print(escape(head), style={"done": "green", "partial": "yellow"}.get(self.status, "red"),
+                      soft_wrap=True)
+        this = Table(title=f"this run{' (' + self.harvest_mode + ')' if self.harvest_mode else ''}")
+        this.add_column("step")
+        this.add_column("count", justify="right")
+        for k in RUN_KEYS:
+            this.add_row(k.replace("_", " "), str(self.counts.get(k, 0)))
+        totals = Table(title="lake totals (all runs)")
+        totals.add_column("what")
+        totals.add_column("count", justify="right")
+        for k in TOTAL_KEYS:
+            totals.add_row(k.replace("_", " "), str(self.counts.get(k, 0)))
+        console.print(this)
+        console.print(totals)
+        if self.failure_groups:
+            t = Table(title="failures this run (open)")
+            for c in ("stage", "reason", "count"):
+                t.add_column(c, overflow="fold")
+            for stage, reason, n in self.failure_groups:
+                t.add_row(stage, escape(reason), str(n))
+            console.print(t)
+            console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
         for p in self.outputs:
-            console.print(f"wrote {p}")
+            console.print(f"wrote {p}", soft_wrap=True)
+
+
+_UIDISH = re.compile(r"\b\d+(?:\.\d+){3,}\b|\b[0-9a-f]{8}(?:-[0-9a-f]{8}){4}\b|\b\d{5,}\b")
+
+
+def reason_group(reason: str) -> str:
+    """A failure reason with its identifiers folded, so the same problem on many studies is one line."""
+    text = _UIDISH.sub("<id>", reason)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _progress(show: bool) -> Progress:
+    from .logsetup import bars_wanted, err_console
+
+    # stderr, and only to a terminal: stdout carries the summary, a log file wants no bars
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show, transient=False,
+        disable=not bars_wanted(show), transient=False, console=err_console,
     )
 
 
+def uid_has_root(uid: str, root: str) -> bool:
+    """True when `uid` is `root` or continues it with '.', component by component.
+
+    Why not str.startswith: '1.2.246.352.71.1.' (every Varian UID) or '…658820455611' would also
+    match '…6588204556112.x', a different root.
+    """
+    root = root.rstrip(".")
+    return uid == root or uid.startswith(root + ".")
+
+
 class UpdateRun:
-    def __init__(self, cfg: Config, catalog: Catalog, source: Source, store: Store, progress: Progress) -> None:
+    def __init__(self, cfg: Config, catalog: Catalog, progress: Progress, *, today: dt.date | None = None) -> None:
         self.cfg = cfg
         self.cat = catalog
-        self.source = source
-        self.store = store
         self.progress = progress
+        self.source: Source | None = None
+        self.store: Store | None = None
         self.run_id = catalog.start_run(cfg.source.kind, cfg.store.kind)
+        set_run_id(self.run_id)  # every log line from here on names this run
         self.summary = RunSummary(self.run_id)
-        self.today = dt.date.today()
+        self.today = today or dt.date.today()
+        self._placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}
 
     # -- helpers ----------------------------------------------------------------
     def fail(self, stage: str, target: str, reason: str, study_uid: str | None = None,
-             exc: BaseException | None = None) -> None:
+             exc: BaseException | None = None, hospital_id: str | None = None, log_text: str | None = None) -> None:
+        """Record a failure in the catalog (identified side); the log line names no patient.
+
+        `log_text` replaces the reason in the log when the reason itself carries identifiers
+        (e.g. a cohort row's conflicting NHS numbers)."""
+        said = log_text or reason
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
-                                   type(exc).__name__ if exc else None):
+                                   type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, study_uid or target, reason)
+            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), said)
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, study_uid or target, reason)
+            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), said)
+
+    # -- start-up checks ----------------------------------------------------------
+    def _probe(self, what: str, fn) -> list[str] | str:
+        """Run one check with a short retry budget: a dead PACS must stop the run in seconds."""
+        attempts = self.cfg.harvest.check_retries + 1
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except TransientError as exc:
+                if attempt + 1 >= attempts:
+                    raise RunFailed(f"{what} does not answer: {exc}") from None
+                time.sleep(1.0)
+            except NotImplementedError:
+                return []
+            except RtlakeError as exc:
+                raise RunFailed(f"{what} refused: {exc}") from None
+        return []  # pragma: no cover
+
+    def preflight(self, source: Source, store: Store, outbox: Path | None) -> list[str]:
+        """Source answers, store reachable with the configured credentials, outbox writable.
+
+        Raises:
+            RunFailed: naming what does not work (nothing has been changed yet).
+        """
+        lines = [str(self._probe("source", source.check))]
+        lines += list(self._probe("store", store.check))
+        if outbox is not None:
+            lines.append(check_writable(outbox, "[report] outbox"))
+        return lines
 
     # -- inputs -----------------------------------------------------------------
     def load_patients(self) -> list[str]:
         """Upsert the cohort; returns the hospital IDs to harvest (deceased left out)."""
         cohort = read_cohort(self.cfg.inputs.cohort)
-        for p in cohort.problems:
-            self.fail("inputs", f"{p.path}:{p.line}", p.message)
+        for p in cohort.problems:  # `public`: the same problem without the NHS numbers it names
+            self.fail("inputs", f"{p.path}:{p.line}", p.message, log_text=getattr(p, "public", "") or p.message)
         deceased: set[str] = set()
         if self.cfg.inputs.deceased is not None:
             deceased, problems = read_deceased(self.cfg.inputs.deceased)
@@ -109,76 +228,203 @@ class UpdateRun:
                 row = (pat.nhs_number, pat.subject, hid in deceased)
                 if hid not in existing:
                     con.execute(
-                        "INSERT INTO patients (hospital_id, nhs_number, subject, deceased, first_seen_run) "
-                        "VALUES (?, ?, ?, ?, ?)", [hid, *row, self.run_id])
+                        "INSERT INTO patients (hospital_id, nhs_number, subject, deceased, first_seen_run, "
+                        "needs_harvest) VALUES (?, ?, ?, ?, ?, TRUE)", [hid, *row, self.run_id])
                 elif tuple(existing[hid]) != row:
+                    old_subject = existing[hid][1]
                     con.execute("UPDATE patients SET nhs_number = ?, subject = ?, deceased = ? WHERE hospital_id = ?",
                                 [*row, hid])
+                    if old_subject != pat.subject:
+                        con.execute("INSERT INTO relabels VALUES (?, ?, ?, ?, NULL, NULL, 'patient', ?, ?)",
+                                    [self.run_id, hid, old_subject, pat.subject,
+                                     "subject label changed in the cohort file", dt.datetime.now()])
         alive = [h for h in cohort.patients if h not in deceased]
         self.summary.counts["patients"] = len(cohort.patients)
         self.summary.counts["deceased_skipped"] = len(cohort.patients) - len(alive)
         return alive
 
+    # -- cohort changes -----------------------------------------------------------
+    def relabel_sessions(self) -> None:
+        """Move sessions whose patient's subject label changed (NHS number found or corrected).
+
+        Reconciles catalog against cohort every run, so a move the store could not do yet (or a run
+        killed between the store's move and the catalog update) is finished by a later run.
+        """
+        rows = self.cat.query_dicts(
+            "SELECT s.study_uid, s.project, s.subject AS old_subject, p.subject AS new_subject, s.label, s.state, "
+            "s.location, s.hospital_id FROM sessions s JOIN patients p USING (hospital_id) "
+            "WHERE s.subject <> p.subject ORDER BY s.study_uid")
+        now = dt.datetime.now
+        for r in rows:
+            uid, old, new = r["study_uid"], r["old_subject"], r["new_subject"]
+            taken = self.cat.execute("SELECT 1 FROM sessions WHERE project = ? AND subject = ? AND label = ?",
+                                     [r["project"], new, r["label"]]).fetchone()
+            if taken:
+                self.fail("relabel", uid, f"cannot move session {r['label']} to its corrected subject: a session "
+                                          "with that label is already there", uid, hospital_id=r["hospital_id"])
+                continue
+            if r["state"] != "stored":  # not in the store yet: the catalog alone says where it will go
+                self.cat.execute("UPDATE sessions SET subject = ? WHERE study_uid = ?", [new, uid])
+                self.cat.execute("INSERT INTO relabels VALUES (?, ?, ?, ?, ?, ?, 'planned', NULL, ?)",
+                                 [self.run_id, r["hospital_id"], old, new, uid, r["label"], now()])
+                continue
+            if self.cfg.pseudo.enabled:
+                detail = ("pseudonymised sessions carry the subject pseudonym inside every file: delete the old "
+                          "session from the store and run `rtlake update --patient <hospital id>` to store it again")
+                self.fail("relabel", uid, f"session {r['label']} not moved: {detail}", uid, hospital_id=r["hospital_id"])
+                continue
+            try:
+                loc = self.store.move_session(r["project"], old, new, r["label"])
+            except NotImplementedError as exc:
+                self.fail("relabel", uid, f"session {r['label']} not moved: {exc}", uid, hospital_id=r["hospital_id"])
+                continue
+            except RtlakeError as exc:
+                self.fail("relabel", uid, f"session {r['label']} not moved: {exc}", uid, exc,
+                          hospital_id=r["hospital_id"])
+                continue
+            with self.cat.transaction() as con:
+                old_loc = r["location"] or ""
+                new_loc = loc or old_loc
+                con.execute("UPDATE sessions SET subject = ?, location = ? WHERE study_uid = ?", [new, new_loc, uid])
+                if loc and old_loc and loc != old_loc:
+                    con.execute("UPDATE files SET path = ? || substr(path, ?) WHERE study_uid = ? AND "
+                                "starts_with(path, ?)", [new_loc, len(old_loc) + 1, uid, old_loc])
+                con.execute("INSERT INTO relabels VALUES (?, ?, ?, ?, ?, ?, 'moved', ?, ?)",
+                            [self.run_id, r["hospital_id"], old, new, uid, r["label"], new_loc, now()])
+            self.cat.resolve_failures(self.run_id, uid, ("relabel",))
+            self.summary.counts["relabelled"] += 1
+            log.info("moved session %s to its corrected subject", r["label"])
+
     # -- harvest ----------------------------------------------------------------
-    def harvest(self, patient_ids: list[str]) -> None:
+    def _targets(self, alive: list[str], full: bool, only: list[str] | None
+                 ) -> tuple[list[str], ChangeFeed | None, str]:
+        """Which patients to list this run, and the change-log position to keep afterwards."""
+        if only:
+            return [h for h in alive if h in set(only)], None, "targeted: " + str(len(only)) + " patient(s)"
+        feed: ChangeFeed | None = None
+        if self.cfg.harvest.use_change_log and self.cfg.harvest.window_days is None:
+            cursor = None if full else self.cat.get_cursor(self.source.name, "changes")
+            try:
+                feed = self.source.changes(cursor, set(alive))
+            except RtlakeError as exc:  # the change log is an optimisation: list everyone instead
+                log.warning("change log unavailable (%s); listing every patient", exc)
+                feed = None
+        if full:
+            return alive, feed, "full listing (--full)"
+        if self.cfg.harvest.window_days is not None:
+            return alive, None, f"StudyDate window of {self.cfg.harvest.window_days} days (opt-in)"
+        if feed is None or feed.patients is None:
+            why = f": {feed.note}" if feed is not None and feed.note else ""
+            return alive, feed, "full listing" + why
+        pending = {r[0] for r in self.cat.execute("SELECT hospital_id FROM patients WHERE needs_harvest").fetchall()}
+        targets = [h for h in alive if h in feed.patients or h in pending]
+        return targets, feed, f"change log: {len(targets)} of {len(alive)} patients changed or pending"
+
+    def harvest(self, patient_ids: list[str], *, full: bool = False, only: list[str] | None = None) -> None:
         refresh = getattr(self.source, "refresh_index", None)
         if refresh is not None:  # the folder source reads new files' headers first, with its own bar
             refresh(self.progress)
+        targets, feed, mode = self._targets(patient_ids, full, only)
+        self.summary.harvest_mode = mode
+        log.info("harvest: %s", mode)
         cursors = dict(self.cat.execute("SELECT hospital_id, harvested_until FROM patients").fetchall())
         lists = effective_lists(self.cfg.criteria.lists, self.cat)
-        task = self.progress.add_task("harvest", total=len(patient_ids))
-        for hid in patient_ids:
+        window = self.cfg.harvest.window_days
+        task = self.progress.add_task("harvest", total=len(targets))
+        unreachable_in_a_row = 0
+        for n, hid in enumerate(targets):
             until = cursors.get(hid)
-            since = until - dt.timedelta(days=self.cfg.harvest.overlap_days) if until else None
+            since = until - dt.timedelta(days=window) if (window is not None and until and not full and not only) \
+                else None
+            target = f"patient:{hid}"
             try:
                 studies = list(self.source.query_patient(hid, since))
             except RtlakeError as exc:
-                # The cursor is not advanced, so the next run asks again for this patient.
-                self.fail("harvest", f"patient-query:{self.source.name}", f"query failed: {exc}", exc=exc)
+                # Not harvested: listed again next run whatever the change log says.
+                self.fail("harvest", target, f"patient query failed: {exc}", exc=exc, hospital_id=hid)
+                self.cat.execute("UPDATE patients SET needs_harvest = TRUE WHERE hospital_id = ?", [hid])
                 self.progress.advance(task)
+                unreachable_in_a_row = unreachable_in_a_row + 1 if isinstance(exc, TransientError) else 0
+                if unreachable_in_a_row >= self.cfg.harvest.max_consecutive_query_failures:
+                    self._probe(f"source (after {unreachable_in_a_row} failed patient queries in a row, "
+                                f"{n + 1} of {len(targets)} patients done)", self.source.check)
+                    unreachable_in_a_row = 0
                 continue
+            unreachable_in_a_row = 0
             with self.cat.transaction():
                 for st in studies:
                     self._upsert_study(hid, st, lists)
-                if until != self.today:
-                    self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ? WHERE hospital_id = ?",
-                                     [self.today, self.run_id, hid])
+                self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ?, needs_harvest = FALSE "
+                                 "WHERE hospital_id = ?", [self.today, self.run_id, hid])
+            self.cat.resolve_target(self.run_id, "harvest", target)
             self.summary.counts["harvested"] += len(studies)
+            self.summary.counts["patients_queried"] += 1
             failpoints.hit("harvest.patient")
             self.progress.advance(task)
-        for target, reason in self.source.failures():
+        if feed is not None:
+            # Read before the listing began, so whatever arrived during it is read again next time.
+            self.cat.set_cursor(self.source.name, "changes", feed.cursor, self.run_id)
+        problems = self.source.failures()
+        for target, reason in problems:
             self.fail("index", target, reason)
+        self.cat.resolve_missing(self.run_id, "index", {t for t, _ in problems})
 
     def _decide(self, st: StudyRecord, lists) -> tuple[str, str]:
-        if any(st.study_uid.startswith(p) for p in self.cfg.harvest.skip_uid_prefixes):
-            return "skip_verification", "RT verification study (UID prefix)"
+        for root in self.cfg.harvest.skip_uid_prefixes:
+            if uid_has_root(st.study_uid, root):
+                return "skip_verification", f"RT verification study (UID root {root.rstrip('.')})"
+        if st.study_date in self._placeholders:
+            return "skip_placeholder", f"placeholder StudyDate {st.study_date.isoformat()} (scheduled, not performed)"
         return lists.decide(st.description)
 
     def _upsert_study(self, hid: str, st: StudyRecord, lists) -> None:
+        """Insert a new study, or diff a known one against what the PACS says now.
+
+        A known study is taken again when new instances or series arrived (stored files are kept);
+        a changed description, accession or date is re-decided (a placeholder date corrected, a
+        description renamed onto the include list); nothing already stored is removed.
+        """
         decision, reason = self._decide(st, lists)
         mods = "\\".join(st.modalities)
         row = self.cat.execute(
-            "SELECT accession, study_date, description, modalities, n_instances, state FROM studies_seen "
-            "WHERE study_uid = ?", [st.study_uid]).fetchone()
+            "SELECT accession, study_date, description, modalities, n_instances, state, decision, decision_reason "
+            "FROM studies_seen WHERE study_uid = ?", [st.study_uid]).fetchone()
+        wanted = decision in ("include", "review")
         if row is None:
-            state = "new" if decision in ("include", "review") else "skipped"
+            state = "new" if wanted else "skipped"
             self.cat.execute(
                 "INSERT INTO studies_seen VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [st.study_uid, hid, st.accession, st.study_id, st.study_date, st.description,
                  normalise(st.description), mods, st.n_instances, st.source, decision, reason, state,
                  self.run_id, self.run_id])
             self.summary.counts["new_studies"] += 1
+            if decision in _SKIP_KEYS:
+                self.summary.counts[_SKIP_KEYS[decision] + "_new"] += 1
             return
-        acc, date, desc, old_mods, n_old, state = row
+        acc, date, desc, old_mods, n_old, state, old_decision, old_reason = row
         grew = st.n_instances is not None and n_old is not None and st.n_instances > n_old
-        if (acc, date, desc, old_mods) != (st.accession, st.study_date, st.description, mods) or grew:
-            # New images arrived (or the PACS corrected the study): take it again; stored files are kept.
-            new_state = "new" if state == "ingested" and grew else state
-            self.cat.execute(
-                "UPDATE studies_seen SET accession=?, study_date=?, description=?, description_norm=?, modalities=?, "
-                "n_instances=?, state=?, updated_run=? WHERE study_uid=?",
-                [st.accession, st.study_date, st.description, normalise(st.description), mods, st.n_instances,
-                 new_state, self.run_id, st.study_uid])
+        new_mods = bool(set(st.modalities) - set((old_mods or "").split("\\")))
+        fields_changed = (acc, date, desc) != (st.accession, st.study_date, st.description)
+        redecided = (decision, reason) != (old_decision, old_reason) and (
+            old_decision in _SKIP_KEYS or decision in _SKIP_KEYS or fields_changed)
+        if not (fields_changed or grew or new_mods or redecided):
+            return
+        new_state = state
+        if state == "ingested" and (grew or new_mods) and wanted:
+            new_state = "new"  # new series/instances in a stored study: take it again, stored files are kept
+        elif state == "skipped" and wanted:
+            new_state = "new"
+        elif state in ("new", "failed") and not wanted:
+            new_state = "skipped"
+        if not redecided:
+            decision, reason = old_decision, old_reason  # the list decision is select()'s to revisit
+        self.cat.execute(
+            "UPDATE studies_seen SET accession=?, study_date=?, description=?, description_norm=?, modalities=?, "
+            "n_instances=?, state=?, decision=?, decision_reason=?, updated_run=? WHERE study_uid=?",
+            [st.accession, st.study_date, st.description, normalise(st.description), mods,
+             st.n_instances if st.n_instances is not None else n_old, new_state, decision, reason, self.run_id,
+             st.study_uid])
+        self.summary.counts["changed_studies"] += 1
 
     # -- select -----------------------------------------------------------------
     def select(self) -> list[tuple[StudyRecord, str]]:
@@ -197,11 +443,39 @@ class UpdateRun:
                                      "WHERE study_uid=?", [decision, reason, state, self.run_id, r["study_uid"]])
                 if decision == "include":
                     todo.append((_record(r), r["hospital_id"]))
+        return todo
+
+    def totals(self) -> None:
+        """Lake totals for the summary: every decision on record, and what the store holds."""
         counts = dict(self.cat.execute("SELECT decision, count(*) FROM studies_seen GROUP BY 1").fetchall())
         for k, key in (("include", "included"), ("exclude", "excluded"), ("review", "review"),
-                       ("skip_verification", "verification_skipped")):
+                       ("skip_verification", "verification_skipped"), ("skip_placeholder", "placeholder_skipped")):
             self.summary.counts[key] = int(counts.get(k, 0))
-        return todo
+        subj, sess = self.cat.execute(
+            "SELECT count(DISTINCT subject), count(*) FROM sessions WHERE state = 'stored'").fetchone()
+        self.summary.counts["lake_subjects"] = int(subj or 0)
+        self.summary.counts["lake_sessions"] = int(sess or 0)
+        self.summary.counts["lake_files"] = int(self.cat.execute("SELECT count(*) FROM files").fetchone()[0] or 0)
+        self.summary.counts["open_failures"] = int(self.cat.execute(
+            "SELECT count(*) FROM failures WHERE resolved_run IS NULL").fetchone()[0] or 0)
+
+    def failures_this_run(self) -> list[tuple[str, str, int]]:
+        """This run's open failures grouped by stage and reason (identifiers folded)."""
+        groups: dict[tuple[str, str], int] = {}
+        for stage, reason in self.cat.execute(
+                "SELECT stage, reason FROM failures WHERE last_seen_run = ? AND resolved_run IS NULL", [self.run_id]
+        ).fetchall():
+            key = (stage, reason_group(reason))
+            groups[key] = groups.get(key, 0) + 1
+        return sorted(((st, r, n) for (st, r), n in groups.items()), key=lambda g: (-g[2], g[0], g[1]))
+
+    def outcome(self) -> str:
+        """`partial` when this run left a patient query, file or study failed; else `done`."""
+        marks = ", ".join("?" for _ in WORK_STAGES)
+        n = self.cat.execute(
+            f"SELECT count(*) FROM failures WHERE last_seen_run = ? AND resolved_run IS NULL AND stage IN ({marks})",
+            [self.run_id, *WORK_STAGES]).fetchone()[0]
+        return "partial" if n else "done"
 
     # -- ingest -----------------------------------------------------------------
     def plan(self, study: StudyRecord, hid: str) -> SessionPlan:
@@ -257,7 +531,9 @@ class UpdateRun:
                 plans.append(self.plan(study, hid))
         batch = max(1, self.store.batch_size)
         workers = max(1, self.cfg.source.transfer.concurrency)
-        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        self._unreachable = {"retrieve": 0, "store": 0}
+        try:
             # Fetch ahead in a bounded window; store and record in submission order on this thread,
             # which alone touches the catalog.
             window = workers * 2
@@ -277,17 +553,39 @@ class UpdateRun:
                 original, fut = pending.pop(0)
                 try:
                     ready.append(fut.result())
+                    self._unreachable["retrieve"] = 0
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none aborts the run
                     for path, reason in getattr(exc, "problems", []):  # e.g. PseudoFailed: one row per file
                         self.fail("pseudo", path, reason, original.study.study_uid)
                     self._failed(original, "retrieve", exc)
                     self.progress.advance(task)
+                    self._breaker("retrieve", exc, "source", self.source.check)
                 if len(ready) >= batch or (exhausted and not pending and ready):
                     self._store_batch(ready, task)
                     ready = []
             if ready:
                 self._store_batch(ready, task)
+        except BaseException:
+            # Ctrl-C or a dead source/store: do not wait for transfers in flight; the next run resumes.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+    def _breaker(self, stage: str, exc: BaseException, what: str, check) -> None:
+        """After several unreachable errors in a row, check the peer once; stop the run if it is gone.
+
+        Raises:
+            RunFailed: the source/store does not answer its check any more.
+        """
+        if not isinstance(exc, TransientError):
+            self._unreachable[stage] = 0
+            return
+        self._unreachable[stage] += 1
+        if self._unreachable[stage] >= self.cfg.harvest.max_consecutive_query_failures:
+            n = self._unreachable[stage]
+            self._unreachable[stage] = 0
+            self._probe(f"{what} (after {n} failed studies in a row)", check)
 
     def _store_batch(self, items: list[tuple[SessionPlan, SessionPlan, list[Path], RetrievedStudy | None]],
                      task) -> None:
@@ -308,7 +606,9 @@ class UpdateRun:
         for (plan, _store_plan, files, got), res in zip(to_put, results):
             if isinstance(res, Exception):
                 self._failed(plan, "store", res)
+                self._breaker("store", res, "store", self.store.check)
             else:
+                self._unreachable["store"] = 0
                 failpoints.hit("ingest.stored")
                 self._stored(plan, res, got)
                 failpoints.hit("ingest.recorded")
@@ -320,7 +620,7 @@ class UpdateRun:
     def _failed(self, plan: SessionPlan, stage: str, exc: BaseException) -> None:
         uid = plan.study.study_uid
         kind = "transient" if isinstance(exc, (TransientError, SourceUnavailable)) else "permanent"
-        self.fail(stage, uid, f"{kind}: {exc}", uid, exc)
+        self.fail(stage, uid, f"{kind}: {exc}", uid, exc, hospital_id=plan.hospital_id or None)
         self.cat.execute("UPDATE studies_seen SET state = 'failed', updated_run = ? WHERE study_uid = ? "
                          "AND state <> 'failed'", [self.run_id, uid])
         self.summary.counts["failed"] += 1
@@ -346,7 +646,7 @@ class UpdateRun:
                             "AND state <> 'ingested'", [self.run_id, uid])
         if partial:
             self.fail("retrieve", uid, f"partial transfer: received {len(got.files)} of {got.expected} instances; "
-                                       "stored what arrived, will retry", uid)
+                                       "stored what arrived, will retry", uid, hospital_id=plan.hospital_id or None)
             self.summary.counts["failed"] += 1
         else:
             self.cat.resolve_failures(self.run_id, uid)
@@ -397,44 +697,203 @@ def check_preconditions(cfg: Config) -> None:
         load_key(cfg.pseudo.key_env)
 
 
-def run_update(cfg: Config, show_progress: bool = True, build_report: bool = True) -> RunSummary:
-    """One whole update run under the state-folder lock.
+def check_writable(folder: Path, what: str, create: bool = True) -> str:
+    """Create and remove a probe file in `folder` (made if missing, unless `create` is off).
+
+    With `create` off (`rtlake check` changes nothing), a missing folder passes when the nearest
+    existing parent lets us create it.
+
+    Raises:
+        RunFailed: the folder cannot be created or written.
+    """
+    import uuid
+
+    folder = Path(folder)
+    if not create and not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+            raise RunFailed(f"{what} {folder} does not exist and cannot be created")
+        return f"{what}: {folder} does not exist yet; it will be created"
+    probe = folder / f".rtlake-check-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunFailed(f"{what} {folder} is not writable ({exc.strerror or exc})") from None
+    return f"{what}: {folder} is writable"
+
+
+def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """What `rtlake check` prints: each check's name, whether it passed, and what it found.
+
+    Runs the same probes as the start of an update run (source answers, store reachable with the
+    configured credentials, lake/outbox/state writable, inputs readable), without changing anything.
+    """
+    from .patients import read_cohort
+
+    results: list[tuple[str, bool, str]] = []
+
+    def attempt(name: str, fn) -> None:
+        try:
+            out = fn()
+            for line in (out if isinstance(out, list) else [out]):
+                results.append((name, True, str(line)))
+        except NotImplementedError as exc:
+            results.append((name, True, str(exc)))
+        except (RtlakeError, OSError, ValueError) as exc:
+            results.append((name, False, str(exc)))
+
+    attempt("state", lambda: check_writable(cfg.state_dir, "[project] state_dir", create=False))
+    attempt("outbox", lambda: check_writable(Path(cfg.report.outbox), "[report] outbox", create=False))
+
+    def cohort() -> str:
+        c = read_cohort(cfg.inputs.cohort)
+        return f"[inputs] cohort {cfg.inputs.cohort}: {len(c.patients)} patients, {len(c.problems)} row problems"
+
+    attempt("cohort", cohort)
+    if cfg.inputs.deceased is not None:
+        attempt("deceased", lambda: f"[inputs] deceased {cfg.inputs.deceased}: "
+                                    f"{len(read_deceased(cfg.inputs.deceased)[0])} patients")
+    src_holder: list[Source] = []
+
+    def source() -> str:
+        src = open_source(cfg)
+        src_holder.append(src)
+        return src.check()
+
+    attempt("source", source)
+    results.extend(_permission_checks(cfg))
+    for src in src_holder:
+        src.close()
+
+    def store() -> list[str]:
+        st = open_store(cfg)
+        try:
+            return st.check()
+        finally:
+            st.close()
+
+    attempt("store", store)
+    return results
+
+
+def _permission_checks(cfg: Config) -> list[tuple[str, bool | None, str]]:
+    """Warn about existing files looser than owner-only where rtlake keeps identifiers."""
+    out: list[tuple[str, bool | None, str]] = []
+    outbox = Path(cfg.report.outbox)
+    places = [("state", Path(cfg.state_dir), {}), ("outbox", outbox, {})]
+    if cfg.security.outbox_group:
+        places[1] = ("outbox", outbox, {outbox: cfg.security.outbox_mode_bits & 0o070 | 0o050})
+    if cfg.store.kind == "lake":
+        places.append(("lake", Path(cfg.store.lake.path), {}))
+    for name, root, allowed in places:
+        bad = loose(walk(root), allowed)
+        if bad:
+            p, m = bad[0]
+            out.append(("perms", None, f"{len(bad)} file(s)/folder(s) under {name} {root} are readable by other "
+                                       f"accounts (e.g. {p.name} is {m:04o}); chmod -R go-rwx {root}"))
+        elif root.exists():
+            out.append(("perms", True, f"{name} {root}: owner-only"))
+    return out
+
+
+def run_update(cfg: Config, show_progress: bool = True, build_report: bool = True, *, full: bool = False,
+               patients: list[str] | None = None, today: dt.date | None = None) -> RunSummary:
+    """One whole update run under the state-folder lock; always returns its summary with an outcome.
+
+    `summary.status` is `done`, `partial`, `failed` (source/store unusable: nothing downstream is
+    changed, the outbox is left as it was) or `interrupted` (Ctrl-C; the next run resumes).
 
     Raises:
         RunLocked: another run holds the lock.
-        RtlakeError: the cohort list cannot be read or the store cannot be opened
-            (per-study problems never raise; they are recorded).
+        ConfigError: the configuration cannot work (checked before anything is touched).
     """
     check_preconditions(cfg)
-    with run_lock(cfg.state_dir):
+    with private_umask(), run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:
-            with _progress(show_progress) as progress, open_source(cfg) as source:
-                store = open_store(cfg)
-                run = UpdateRun(cfg, cat, source, store, progress)
+            with _progress(show_progress) as progress:
+                run = UpdateRun(cfg, cat, progress, today=today)
+                summary = run.summary
                 try:
-                    alive = run.load_patients()
-                    run.harvest(alive)
-                    todo = run.select()
-                    run.ingest(todo)
-                    if build_report:
-                        from reporting.build import build_reports, run_warnings
-
-                        from .atomic import sweep_temp
-
-                        # a run killed while writing the outbox left a temp file the EDW could pick up
-                        sweep_temp(Path(cfg.report.outbox))
-                        failpoints.hit("report.write")
-                        run.summary.outputs = list(build_reports(cfg, cat, run.run_id))
-                        # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
-                        run.summary.warnings = run_warnings(cfg, cat, run.run_id)
-                except BaseException:
-                    run.summary.status = "failed"
-                    cat.finish_run(run.run_id, "failed", run.summary.counts)
+                    _run_steps(run, cfg, build_report, full, patients)
+                except RunFailed as exc:
+                    summary.status, summary.message = "failed", str(exc)
+                    log.error("run failed: %s", exc)
+                    # kept like every other failure (and cleared by the next run that gets past this point)
+                    run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
+                except KeyboardInterrupt:
+                    summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
+                except ConfigError:
+                    summary.status = "failed"
+                    cat.finish_run(run.run_id, "failed", summary.counts, "configuration error")
+                    raise
+                except BaseException as exc:
+                    summary.status = "failed"
+                    cat.finish_run(run.run_id, "failed", summary.counts, f"crashed: {type(exc).__name__}")
                     raise
                 finally:
-                    store.close()
-                cat.finish_run(run.run_id, "done", run.summary.counts)
-                return run.summary
+                    for peer in (run.store, run.source):
+                        if peer is not None:
+                            try:
+                                peer.close()
+                            except Exception:  # noqa: BLE001 - closing must not hide the outcome
+                                log.debug("closing %s failed", peer, exc_info=True)
+                try:
+                    run.totals()
+                    summary.failure_groups = run.failures_this_run()
+                except Exception:  # noqa: BLE001 - a summary detail must not change the outcome
+                    log.debug("summary totals failed", exc_info=True)
+                cat.finish_run(run.run_id, summary.status, summary.counts, summary.message or None)
+                return summary
         finally:
             cat.close()
+
+
+def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, patients: list[str] | None) -> None:
+    """check → cohort → relabel → harvest → select → ingest → report; raises RunFailed to stop."""
+    try:
+        run.source = open_source(cfg)
+        run.store = open_store(cfg)
+    except (RtlakeError, OSError) as exc:
+        raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
+    run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
+    run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
+    try:
+        alive = run.load_patients()
+    except RtlakeError as exc:
+        raise RunFailed(f"cannot read the cohort: {exc}") from None
+    if patients:
+        unknown = [p for p in patients if p not in alive]
+        if unknown:
+            raise RunFailed(f"--patient: {len(unknown)} of the given IDs are not living members of the cohort "
+                            f"({cfg.inputs.cohort})")
+    run.relabel_sessions()
+    run.harvest(alive, full=full, only=patients)
+    todo = run.select()
+    run.ingest(todo)
+    run.summary.status = run.outcome()
+    if run.summary.status == "partial":
+        run.summary.message = "some patient queries, files or studies failed (listed below)"
+    if build_report:
+        from reporting.build import build_reports, run_warnings
+
+        from .atomic import sweep_temp
+
+        last_good = run.cat.last_finished_run()
+        had = json.loads(last_good["counts"] or "{}").get("lake_sessions", 0) if last_good else 0
+        now_stored = run.cat.execute("SELECT count(*) FROM sessions WHERE state = 'stored'").fetchone()[0]
+        if now_stored < had:
+            run.summary.warnings.append(
+                f"outbox left as it was: the catalog lists {now_stored} stored sessions, the last good run had {had}")
+            run.summary.status = "partial"
+            return
+        # a run killed while writing the outbox left a temp file the EDW could pick up
+        sweep_temp(Path(cfg.report.outbox))
+        failpoints.hit("report.write")
+        run.summary.outputs = list(build_reports(cfg, run.cat, run.run_id))
+        share_outbox(Path(cfg.report.outbox), run.summary.outputs, cfg.security.outbox_group,
+                     cfg.security.outbox_mode_bits)
+        # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
+        run.summary.warnings += run_warnings(cfg, run.cat, run.run_id)

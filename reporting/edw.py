@@ -42,8 +42,8 @@ def write_csv(table: pd.DataFrame, target: Path) -> Path:
 
 
 def _csv_cell(v: object) -> object:
-    if v is None:
-        return ""
+    if v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and v != v):
+        return ""  # a missing value is an empty cell, never `nan` / `NaT`
     if isinstance(v, dt.datetime):
         return v.isoformat(sep=" ")
     if isinstance(v, dt.date):

@@ -18,7 +18,7 @@ VOLATILE = {
     "sessions": ("planned_run", "stored_run", "location"),
     "scans": (),
     "files": ("path",),
-    "failures": ("failure_id", "run_id", "seen_at", "resolved_run", "target"),
+    "failures": ("failure_id", "run_id", "seen_at", "resolved_run", "target", "last_seen_run"),
 }
 
 

@@ -16,7 +16,7 @@ from ingest.synth.dicom import patient_folder
 from ingest.demo import PLACEHOLDER_DATE, DemoPaths, generate, is_valid_nhs_number, nhs_check_digit
 from ingest.errors import PermanentError
 from ingest.synth import descriptions as D
-from ingest.synth.dicom import RT_VERIFICATION_UID_PREFIX, SOP_CLASS_UIDS
+from ingest.synth.dicom import RT_VERIFICATION_UID_ROOTS, SOP_CLASS_UIDS, VARIAN_UID_ROOT
 from ingest.synth.rtset import write_rt_set
 
 REQUIRED = [
@@ -140,8 +140,12 @@ def test_cohort_content(demo_cohort: DemoPaths) -> None:
     assert {"include", "exclude", "unknown", "empty", "rt", "verification"} <= cats
     assert sum(1 for s in studies if s.study_date == PLACEHOLDER_DATE) == 2
     assert sum(1 for s in studies if s.description == "") == 1
-    verification = [s for s in studies if s.study_uid.startswith(RT_VERIFICATION_UID_PREFIX)]
+    verification = [s for s in studies if any(s.study_uid.startswith(r + ".") for r in RT_VERIFICATION_UID_ROOTS)]
     assert len(verification) == 2 and {s.category for s in verification} == {"verification"}
+    # one under each ARIA verification root; RT courses carry ARIA's general root, which is not verification
+    assert {s.study_uid.rsplit(".", 1)[0] for s in verification} == set(RT_VERIFICATION_UID_ROOTS)
+    rt = [s for s in studies if s.category == "rt"]
+    assert rt and all(s.study_uid.startswith(VARIAN_UID_ROOT) for s in rt)
     assert any(s.study_date > dt.date(2023, 10, 4) for s in studies if not s.placeholder)
     dates = [s.study_date for s in studies if not s.placeholder]
     assert min(dates) >= dt.date(2015, 1, 1) and max(dates) <= dt.date(2024, 12, 31)

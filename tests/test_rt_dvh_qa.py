@@ -213,3 +213,14 @@ def test_preview_shows_the_dose():
     # without dose: grey CT and a red mask only; with it, the jet colour wash (blue/green/yellow) appears
     bluish = lambda img: np.mean((img[..., 2] > img[..., 0] + 0.15) & (img[..., 2] > img[..., 1]))  # noqa: E731
     assert bluish(plain) < 0.001 and bluish(washed) > 0.02
+
+
+def test_cli_dvh_method_choices_match_the_converter():
+    import typing
+
+    from ingest.rt.cli import DvhMethod
+    from ingest.rt.convert import DVH_METHODS
+
+    assert typing.get_args(DvhMethod) == DVH_METHODS
+    bad = _cli("rt", "convert", "--dvh-method", "slab")
+    assert bad.exit_code == 2

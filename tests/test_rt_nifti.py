@@ -88,7 +88,7 @@ def test_dose_previews_and_page(decubitus_set):
     page = (folder / "report.html").read_text()
     # three previews as PNG; the DVH plot is inline SVG with one toggleable curve per structure
     assert page.count("data:image/png;base64,") == 3 and "D95pct_Gy" in page and "SUCCESS" in page
-    assert sorted(set(svg_curve_ids(page))) == ["dvh-curve-0", "dvh-curve-1", "dvh-curve-2"]
+    assert page.count("<svg") == 1 and sorted(set(svg_curve_ids(page))) == ["series-0", "series-1", "series-2"]
     assert page.count("onchange='dvhToggle(") == 3
 
 

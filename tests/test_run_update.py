@@ -33,7 +33,8 @@ def test_update_builds_lake_catalog_and_outbox(fresh_demo):
     c = summary.counts
     assert c["ingested"] > 0 and c["files"] > 0
     assert c["included"] > 0 and c["excluded"] > 0 and c["review"] > 0
-    assert c["verification_skipped"] == 2
+    assert c["verification_skipped"] == 2 and c["placeholder_skipped"] >= 1
+    assert summary.status == "partial"  # the demo PACS holds two deliberately broken files
     assert c["deceased_skipped"] == sum(p.deceased for p in fresh_demo.patients)
 
     con = duckdb.connect(str(cfg.catalog_path), read_only=True)
@@ -60,7 +61,18 @@ def test_update_builds_lake_catalog_and_outbox(fresh_demo):
     # verification studies were seen and skipped, never stored
     assert con.execute("SELECT count(*) FROM studies_seen WHERE decision='skip_verification' AND state='skipped'"
                        ).fetchone()[0] == 2
-    assert con.execute("SELECT count(*) FROM sessions WHERE study_uid LIKE '1.2.246.352.71.1.%'").fetchone()[0] == 0
+    for root in ("1.2.246.352.71.1.658820455611.", "1.2.246.352.71.1.850931706547."):
+        assert con.execute("SELECT count(*) FROM sessions WHERE starts_with(study_uid, ?)", [root]).fetchone()[0] == 0
+    # ...while the RT planning studies under ARIA's general root are real RT data and are stored
+    rt_uids = {s.study_uid for p in fresh_demo.patients for s in p.studies if s.category == "rt" and not p.deceased}
+    stored = {r[0] for r in con.execute("SELECT study_uid FROM sessions WHERE state='stored'").fetchall()}
+    assert rt_uids and rt_uids <= stored
+    # placeholder-dated studies are recorded with their own decision, never stored
+    ph = {s.study_uid for p in fresh_demo.patients for s in p.studies if s.placeholder and not p.deceased}
+    seen_ph = dict(con.execute("SELECT study_uid, decision FROM studies_seen WHERE study_uid IN "
+                               f"({', '.join('?' for _ in ph)})", list(ph)).fetchall())
+    assert seen_ph and set(seen_ph.values()) == {"skip_placeholder"}
+    assert not ph & stored
     # the two broken files are failures with a reason, naming the file
     bad = con.execute("SELECT target, reason FROM failures WHERE stage='index'").fetchall()
     assert len(bad) == 2 and all(reason for _, reason in bad)
@@ -121,7 +133,7 @@ def reference_run(demo_cohort, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference") / "demo"
     shutil.copytree(demo_cohort.root, root)
     ref = rtlake("update", "-c", str(root / "rtlake.toml"), "--no-progress")
-    assert ref.returncode == 0, ref.stderr
+    assert ref.returncode == 3, ref.stderr
     return load_config(root / "rtlake.toml")
 
 
@@ -133,7 +145,7 @@ def test_kill_and_resume_matches_uninterrupted_run(fresh_demo, reference_run, po
     killed = rtlake("update", "-c", str(fresh_demo.config), "--no-progress", env={"RTLAKE_FAILPOINTS": point})
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
     resumed = rtlake("update", "-c", str(fresh_demo.config), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 3, resumed.stderr
 
     cfg = load_config(fresh_demo.config)
     assert snapshot(cfg.catalog_path) == snapshot(reference_run.catalog_path)
@@ -193,7 +205,7 @@ def test_second_concurrent_run_is_refused(fresh_demo):
     cfg = load_config(fresh_demo.config)
     with run_lock(cfg.state_dir):
         r = rtlake("update", "-c", str(fresh_demo.config), "--no-progress")
-        assert r.returncode == 3 and "another rtlake run" in r.stderr
+        assert r.returncode == 5 and "another rtlake run" in r.stderr
         with pytest.raises(RunLocked):
             run_update(cfg, show_progress=False)
 

@@ -125,7 +125,7 @@ def test_update_into_orthanc(orthanc_target, fresh_demo, monkeypatch):
            "--no-report"]
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     cat = Catalog(Path(fresh_demo.root) / "state" / "catalog.duckdb", read_only=True)
     try:
         stored = cat.query_dicts("SELECT study_uid, location, n_files FROM sessions WHERE state = 'stored'")
@@ -139,5 +139,5 @@ def test_update_into_orthanc(orthanc_target, fresh_demo, monkeypatch):
         assert int(stats["CountInstances"]) == s["n_files"]
     before = http.get(f"{orthanc_target.url}/statistics").json()["CountInstances"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]
     assert http.get(f"{orthanc_target.url}/statistics").json()["CountInstances"] == before

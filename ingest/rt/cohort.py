@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bookkeeping import input_files
 from ..atomic import write_text
 from .convert import ConvertOptions, PatientJob, PatientResult, convert_patient, patient_dir
 
@@ -50,7 +51,7 @@ def jobs_from_folder(input_dir: Path, output: Path) -> list[PatientJob]:
     """One job per sub-folder of `input_dir` (every file below it, recursively)."""
     jobs = []
     for sub in sorted(p for p in Path(input_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f) for f in sub.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = [str(f) for f in input_files(sub)]  # a lake session's session.json is not DICOM
         jobs.append(PatientJob(sub.name, files, str(output)))
     return jobs
 
@@ -123,8 +124,10 @@ def run_cohort(
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from ingest.logsetup import err_console
+
             bar = Progress(TextColumn("rt convert"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.fields[last]}"), transient=False)
+                           TextColumn("{task.fields[last]}"), transient=False, console=err_console)
             bar.start()
             task = bar.add_task("rt", total=len(futures), last="")
         for fut in as_completed(futures):

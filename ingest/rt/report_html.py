@@ -1,7 +1,7 @@
 """A self-contained HTML page per patient: plan, DVH plot, metrics, TPS check, notes, previews.
 
 Everything is inlined (SVG plot, base64 previews, a few lines of script), so the page can be
-mailed or archived on its own. The DVH plot is an SVG whose curves can be switched on and
+mailed or archived on its own; wide tables scroll inside their box rather than the page. The DVH plot is an SVG whose curves can be switched on and
 off from the legend beside it: with 50 structures a static legend inside the axes hides the
 curves, so the legend lives outside the plot, in columns, one checkbox per structure.
 """
@@ -15,7 +15,6 @@ import math
 import re
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
@@ -33,17 +32,22 @@ def _colours(n: int) -> list[tuple[tuple[float, ...], str]]:
     return [(base[i % len(base)], styles[(i // len(base)) % len(styles)]) for i in range(n)]
 
 
+def plotted(dvhs: list[Dvh]) -> list[Dvh]:
+    """The DVHs that have a curve to draw (a structure with no volume or no dose bins has none)."""
+    return [d for d in dvhs if d.volume_cc > 0 and len(d.bins_gy)]
+
+
 def dvh_plot_svg(dvhs: list[Dvh], relative: bool = True) -> str:
-    """The cumulative DVHs as inline SVG; curve n is the group with id `dvh-curve-n`."""
+    """Cumulative DVHs as inline SVG; curve n (in plotted() order) has the element id `series-<n>`,
+    which the legend's checkboxes toggle and a browser check counts."""
     fig = Figure(figsize=(7.5, 4.6), dpi=90)
     FigureCanvasSVG(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for n, (d, (colour, style)) in enumerate(zip(dvhs, _colours(len(dvhs)))):
-        if d.volume_cc <= 0 or not len(d.bins_gy):
-            continue
+    curves = plotted(dvhs)
+    for n, (d, (colour, style)) in enumerate(zip(curves, _colours(len(curves)))):
         y = d.cumulative_cc / d.volume_cc * 100.0 if relative else d.cumulative_cc
         (line,) = ax.step(d.bins_gy, y, where="post", color=colour, linestyle=style, linewidth=1.2)
-        line.set_gid(f"dvh-curve-{n}")
+        line.set_gid(f"series-{n}")
     ax.set_xlabel("Dose (Gy)")
     ax.set_ylabel("Volume (%)" if relative else "Volume (cc)")
     ax.set_title("Cumulative DVH")
@@ -55,28 +59,6 @@ def dvh_plot_svg(dvhs: list[Dvh], relative: bool = True) -> str:
     fig.savefig(buf, format="svg")
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: the page inlines it
-
-
-def dvh_plot_png(dvhs: list[Dvh], relative: bool = True) -> bytes:
-    """The same plot as a PNG with the legend outside the axes (for files and mail)."""
-    cols = 1 if len(dvhs) <= 16 else (2 if len(dvhs) <= 34 else 3)
-    fig = Figure(figsize=(8 + 1.6 * cols, 5), dpi=90)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.07, 0.1, 0.9 - 0.16 * cols, 0.83))
-    for d, (colour, style) in zip(dvhs, _colours(len(dvhs))):
-        if d.volume_cc <= 0 or not len(d.bins_gy):
-            continue
-        y = d.cumulative_cc / d.volume_cc * 100.0 if relative else d.cumulative_cc
-        ax.step(d.bins_gy, y, where="post", label=d.roi, color=colour, linestyle=style, linewidth=1.0)
-    ax.set_xlabel("Dose (Gy)")
-    ax.set_ylabel("Volume (%)" if relative else "Volume (cc)")
-    ax.set_title("Cumulative DVH")
-    ax.grid(True, alpha=0.3)
-    if dvhs:
-        ax.legend(fontsize=6, ncol=cols, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _img(png: bytes, width: int | None = None) -> str:
@@ -93,17 +75,18 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 _SCRIPT = """<script>
-function dvhToggle(n, on) { var g = document.getElementById('dvh-curve-' + n); if (g) g.style.display = on ? '' : 'none'; }
+function dvhToggle(n, on) { var g = document.getElementById('series-' + n); if (g) g.style.display = on ? '' : 'none'; }
 function dvhAll(on) { document.querySelectorAll('.dvh-legend input').forEach(function (c) { c.checked = on; dvhToggle(c.dataset.n, on); }); }
 </script>"""
 
 
 def _dvh_block(dvhs: list[Dvh]) -> list[str]:
     e = html.escape
+    curves = plotted(dvhs)
     parts = ["<div class='dvh'><div class='plot'>", dvh_plot_svg(dvhs), "</div><div class='dvh-legend'>",
              "<div><a href='#' onclick='dvhAll(true);return false'>all</a> · "
              "<a href='#' onclick='dvhAll(false);return false'>none</a></div>"]
-    for n, (d, (colour, style)) in enumerate(zip(dvhs, _colours(len(dvhs)))):
+    for n, (d, (colour, style)) in enumerate(zip(curves, _colours(len(curves)))):
         rgb = "#%02x%02x%02x" % tuple(int(255 * c) for c in colour[:3])
         dash = {"-": "solid", "--": "dashed", ":": "dotted"}[style]
         parts.append(f"<label><input type='checkbox' checked data-n='{n}' onchange='dvhToggle({n}, this.checked)'>"
@@ -156,7 +139,7 @@ def _qa_block(notes: PatientNotes) -> list[str]:
         out.append(f"<p class='WARN'>{e(qa['hint'])}</p>")
     metrics = [("volume_cc", "Volume (cc)"), ("mean_gy", "Mean (Gy)"), ("d95_gy", "D95 (Gy)"), ("d2_gy", "D2 (Gy)"),
                ("max_gy", "Max (Gy)")]
-    out.append("<table><tr><th>ROI</th><th>result</th>" + "".join(f"<th colspan=3>{e(t)}</th>" for _, t in metrics) + "</tr>")
+    out.append("<div class='wide'><table><tr><th>ROI</th><th>result</th>" + "".join(f"<th colspan=3>{e(t)}</th>" for _, t in metrics) + "</tr>")
     out.append("<tr><th></th><th></th>" + "<th>ours</th><th>TPS</th><th>Δ %</th>" * len(metrics) + "</tr>")
     for r in qa["structures"]:
         cells = []
@@ -167,7 +150,7 @@ def _qa_block(notes: PatientNotes) -> list[str]:
                          f"<td class='{cls}' title='tolerance {e(r['tolerance'].get(m, ''))}'>{_fmt(r['diff_pct'].get(m), 2)}</td>")
         status = "PROCEED" if r["status"] == "pass" else "EXCLUDE"
         out.append(f"<tr><td style='text-align:left'>{e(r['roi'])}</td><td class='{status}'>{e(r['status'])}</td>{''.join(cells)}</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     if qa.get("not_compared"):
         out.append("<p>Not compared: " + "; ".join(e(x) for x in qa["not_compared"]) + "</p>")
     return out
@@ -176,14 +159,16 @@ def _qa_block(notes: PatientNotes) -> list[str]:
 def write_report(target: Path, notes: PatientNotes, dvhs: list[Dvh], previews: dict[str, Path]) -> None:
     e = html.escape
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>RT conversion: {e(notes.patient)}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
         ".EXCLUDE{color:#b00}.REVIEW{color:#b60}.WARN{color:#960}.PROCEED{color:#060}"
         "td.ok{background:#e6f4e6}td.bad{background:#f8d7d7;font-weight:bold}"
-        ".dvh{display:flex;align-items:flex-start;gap:1em}.dvh .plot svg{width:675px;height:auto}"
-        ".dvh-legend{font-size:11px;columns:3 11em;max-height:420px;overflow:auto}"
+        ".scroll,.wide{max-width:100%;overflow-x:auto}li,p{overflow-wrap:anywhere}"
+        ".dvh{display:flex;flex-wrap:wrap;align-items:flex-start;gap:1em}"
+        ".dvh .plot{flex:0 1 675px;min-width:0}.plot svg{max-width:100%;height:auto}"
+        ".dvh-legend{flex:1 1 14em;font-size:11px;columns:3 11em;max-height:420px;overflow:auto}"
         ".dvh-legend label{display:block;white-space:nowrap;break-inside:avoid}"
         ".dvh-legend .sw{display:inline-block;width:18px;margin:0 4px 3px 2px;vertical-align:middle}"
         ".pv{display:inline-block;margin:4px;text-align:center;font-size:11px}</style>",
@@ -195,10 +180,11 @@ def write_report(target: Path, notes: PatientNotes, dvhs: list[Dvh], previews: d
     if dvhs:
         parts += _dvh_block(dvhs)
         keys = list(dvhs[0].metrics)
-        parts.append("<h2>Metrics</h2><table><tr><th>ROI</th>" + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
+        parts.append("<h2>Metrics</h2><div class='scroll'><table><tr><th>ROI</th>"
+                     + "".join(f"<th>{e(k)}</th>" for k in keys) + "</tr>")
         for d in dvhs:
             parts.append(f"<tr><td style='text-align:left'>{e(d.roi)}</td>" + "".join(f"<td>{_fmt(d.metrics.get(k))}</td>" for k in keys) + "</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
     parts += _qa_block(notes)
     parts.append("<h2>Notes</h2><ul>")
     for n in notes.notes:
@@ -219,4 +205,4 @@ def write_report(target: Path, notes: PatientNotes, dvhs: list[Dvh], previews: d
 
 def svg_curve_ids(page: str) -> list[str]:
     """The toggleable curve ids in a report page (for tests and tools)."""
-    return re.findall(r'id="(dvh-curve-\d+)"', page)
+    return re.findall(r'id="(series-\d+)"', page)

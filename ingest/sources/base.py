@@ -10,9 +10,27 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..records import RetrievedStudy, StudyRecord
+
+
+@dataclass(frozen=True)
+class ChangeFeed:
+    """What a PACS's change log says happened since a cursor.
+
+    `patients` holds the hospital IDs (PatientID) of every patient with a new or changed study,
+    series or instance; None means the log cannot cover the gap (first run, a reset or pruned log,
+    too many changes to resolve cheaply) and every patient must be listed in full. `cursor` is the
+    position to resume from next time, read *before* anything else so nothing that arrives during
+    the run is skipped.
+    """
+
+    cursor: str
+    patients: frozenset[str] | None
+    requests: int = 0
+    note: str = ""
 
 
 class Source(abc.ABC):
@@ -37,6 +55,25 @@ class Source(abc.ABC):
             SourceUnavailable, SourceError: as for query_patient; a partial transfer is
             reported through RetrievedStudy.expected rather than raised.
         """
+
+    def check(self) -> str:
+        """One quick probe that the source answers with the configured credentials (no retries).
+
+        Returns a one-line description of what answered (for `rtlake check`).
+
+        Raises:
+            SourceUnavailable: cannot be reached (refused, timed out, 5xx).
+            SourceError: answers but refuses us (credentials, AE title) or with something unusable.
+        """
+        return f"{self.name}: no check available"
+
+    def changes(self, cursor: str | None, cohort: set[str]) -> ChangeFeed | None:
+        """Patients changed since `cursor`, from the PACS's own change log; None when it has none.
+
+        Raises:
+            SourceUnavailable, SourceError: as for query_patient.
+        """
+        return None
 
     def find_accession(self, accession: str) -> list[StudyRecord]:
         """Resolve an accession number to studies (not every source can do this cheaply)."""

@@ -59,6 +59,14 @@ class DicomWebSource(QueryLookups, Source):
             return "&".join(f"{k}={_RAW_UNSAFE.sub('?', v)}" for k, v in params)
         return "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
 
+    def check(self) -> str:
+        """One QIDO-RS request (`/studies?limit=1`): reachable, credentials accepted, answers DICOM JSON."""
+        answer = self.client.json("GET", f"{self.root}/studies?limit=1", "QIDO-RS /studies?limit=1",
+                                  headers={"Accept": "application/dicom+json"})
+        if answer is not None and not isinstance(answer, list):
+            raise SourceError(f"{self.name}: QIDO-RS /studies: answer is not a DICOM JSON array")
+        return f"{self.name}: DICOMweb QIDO-RS answered at {self.root}"
+
     def find(self, q: StudyQuery) -> list[StudyRecord]:
         params: list[tuple[str, str]] = []
         if q.patient_id:

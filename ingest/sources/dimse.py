@@ -158,26 +158,31 @@ class DimseSource(QueryLookups, Source):
         raise SourceUnavailable(f"{self.peer}: could not open an association for {what} "
                                 f"(connection refused, aborted or timed out)")
 
+    def _echo_once(self) -> None:
+        ae = self._ae()
+        ae.add_requested_context(Verification)
+        assoc = self._associate(ae, "C-ECHO")
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or "Status" not in status:
+            raise SourceUnavailable(f"{self.peer}: no C-ECHO response")
+        if status.Status != 0:
+            raise SourceError(f"{self.peer}: C-ECHO failed with {status_text(status.Status)}")
+
     def echo(self) -> None:
-        """C-ECHO, so a misconfigured PACS fails at start-up with a clear message.
+        """C-ECHO with the transfer's retries, so a misconfigured PACS fails at start-up with a clear message.
 
         Raises:
             SourceUnavailable/SourceError: unreachable, rejected, or a non-success status.
         """
-        def once() -> None:
-            ae = self._ae()
-            ae.add_requested_context(Verification)
-            assoc = self._associate(ae, "C-ECHO")
-            try:
-                status = assoc.send_c_echo()
-            finally:
-                assoc.release()
-            if not status or "Status" not in status:
-                raise SourceUnavailable(f"{self.peer}: no C-ECHO response")
-            if status.Status != 0:
-                raise SourceError(f"{self.peer}: C-ECHO failed with {status_text(status.Status)}")
+        self.transfer.call(self._echo_once, "C-ECHO")
 
-        self.transfer.call(once, "C-ECHO")
+    def check(self) -> str:
+        """One C-ECHO (no retries): the association is accepted and Verification answers success."""
+        self._echo_once()
+        return f"{self.name}: C-ECHO to {self.called_aet}@{self.host}:{self.port} as {self.calling_aet} succeeded"
 
     # -- queries -----------------------------------------------------------------------------
     def _find_association(self):
@@ -209,16 +214,28 @@ class DimseSource(QueryLookups, Source):
                 final = None
                 log.debug("C-FIND error: %s", exc)
             if final is None:
+                why = self._why_no_answer(assoc)
                 self._drop_find_assoc()
-                raise SourceUnavailable(
-                    f"{self.peer}: {what}: no C-FIND response (association dropped or timed out; "
-                    f"is calling AE {self.calling_aet} allowed to query this PACS?)")
+                raise SourceUnavailable(f"{self.peer}: {what}: no C-FIND response ({why})")
             if final != 0x0000:
                 if final >= 0xA000:
                     self._drop_find_assoc()
                 err = SourceUnavailable if final in (0xA700, 0xA701, 0xA702) else SourceError
                 raise err(f"{self.peer}: {what}: C-FIND failed with {status_text(final)}")
             return answers
+
+    def _why_no_answer(self, assoc) -> str:
+        """Why an established association gave no answer. The AE-title hint fits only a PACS that
+        ended the association itself (A-ABORT or release, typical of an unknown calling AE) or
+        kept it open without answering; a dropped connection (reset, closed socket) is the
+        network's doing and says nothing about the AE title."""
+        acse = getattr(assoc, "acse", None)
+        if acse is not None and acse.is_aborted("a-p-abort"):
+            return "connection lost"
+        if acse is not None and acse.is_aborted("a-abort") or assoc.is_released:
+            return (f"the PACS ended the association without answering; is calling AE {self.calling_aet} "
+                    "allowed to query it?")
+        return f"no answer in time; is calling AE {self.calling_aet} allowed to query this PACS?"
 
     def _drop_find_assoc(self) -> None:
         if self._find_assoc is not None:

@@ -195,6 +195,31 @@ class FolderSource(Source):
                 study_id=sid or "", source=self.name,
             )
 
+    def check(self) -> str:
+        from ..errors import SourceUnavailable
+
+        if not self.root.is_dir():
+            raise SourceUnavailable(f"folder PACS {self.root} does not exist")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise SourceUnavailable(f"folder PACS {self.root} is not readable")
+        return f"{self.name}: folder PACS {self.root} is readable"
+
+    def find(self, q) -> list[StudyRecord]:
+        """Every study matching a StudyQuery: PatientID, accession, StudyInstanceUID, dates, description.
+
+        Why the same query shape as the network sources: `rtlake fetch` and targeted look-ups then honour
+        every column on every source (the description is matched client-side, folded, as everywhere).
+        """
+        from ._query import description_matches
+
+        where, params = ["TRUE"], []
+        for col, value in (("patient_id", q.patient_id), ("accession", q.accession), ("study_uid", q.study_uid)):
+            if value:
+                where.append(f"{col} = ?")
+                params.append(value)
+        out = list(self._studies(" AND ".join(where), params))
+        return [s for s in out if q.date_ok(s.study_date) and description_matches(q.description, s.description)]
+
     def query_patient(self, patient_id: str, since: dt.date | None = None) -> Iterator[StudyRecord]:
         if since is None:
             yield from self._studies("patient_id = ?", [patient_id])

@@ -47,6 +47,33 @@ class Store(abc.ABC):
                 out.append(exc)
         return out
 
+    def check(self) -> list[str]:
+        """Probe that the store is reachable, accepts the configured credentials and can be written.
+
+        Called once at the start of every run (and by `rtlake check`), so a store that cannot take
+        anything stops the run in seconds instead of failing every study the same way.
+
+        Returns:
+            One line per thing checked, for people.
+        Raises:
+            StoreUnavailable: cannot be reached (worth trying again later).
+            StoreError: refuses us (credentials, permissions); the message names the setting to fix.
+        """
+        return [f"{self.name}: no check available"]
+
+    def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
+        """Move a stored session to another subject (its NHS number was found or corrected).
+
+        Returns:
+            The session's new location.
+        Raises:
+            NotImplementedError: the store cannot move sessions; the message tells the admin what to do.
+            StoreError: the move was refused or failed half-way (the message says what state it is in).
+        """
+        raise NotImplementedError(
+            f"the {self.name} store cannot move sessions between subjects: move {project}/{old_subject}/{label} "
+            f"to subject {new_subject} by hand, then run `rtlake update` again")
+
     def list_sessions(self) -> list[dict]:
         """Rows of (project, subject, label, modality, date, study_uid, ...) the store holds."""
         return []

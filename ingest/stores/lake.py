@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pydicom
 
 from .. import failpoints
 from ..atomic import copy_file, sweep_temp, write_text
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from ..naming import safe
 from ..records import SessionPlan, StoredFile, StoredScan, StoredSession
 from .base import Store
@@ -119,6 +121,48 @@ class LakeStore(Store):
         }
         write_text(sdir / "session.json", json.dumps(manifest, indent=1, sort_keys=True))
         return StoredSession(plan=plan, location=str(sdir), scans=scans, files=stored, problems=problems)
+
+    def check(self) -> list[str]:
+        """The lake root exists and a file can be created and removed in it."""
+        probe = self.root / f".rtlake-check-{uuid.uuid4().hex[:8]}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreUnavailable(f"lake {self.root}: cannot write ({exc.strerror or exc}); "
+                                   f"check [store.lake] path and its permissions") from None
+        return [f"lake: {self.root} is writable"]
+
+    def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
+        """One rename of the session folder (atomic on one file system), then its manifest is rewritten.
+
+        A session that is already at the new place (a re-run after a crash between the rename and the
+        catalog update) is found there and reported as moved.
+        """
+        src = self.root / safe(project) / safe(old_subject) / safe(label)
+        dst = self.root / safe(project) / safe(new_subject) / safe(label)
+        if not src.exists():
+            if dst.exists():
+                return str(dst)
+            raise StoreError(f"lake: session {label} is not under subject folder {src.parent.name}")
+        if dst.exists():
+            raise StoreError(f"lake: cannot move session {label}: the new subject already has a session of that name")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+        manifest = dst / "session.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text())
+                data["subject"] = new_subject
+                write_text(manifest, json.dumps(data, indent=1, sort_keys=True))
+            except ValueError:
+                log.warning("lake: session %s has an unreadable manifest; moved as it was", label)
+        try:
+            src.parent.rmdir()  # the old subject folder, when that was its last session
+        except OSError:
+            pass
+        return str(dst)
 
     def list_sessions(self) -> list[dict]:
         out = []

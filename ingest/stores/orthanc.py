@@ -152,6 +152,16 @@ class OrthancStore(Store):
                                  f"missing after storing")
         return StoredSession(plan=plan, location=f"{self.url}/studies/{oid}", scans=scans, files=stored)
 
+    def check(self) -> list[str]:
+        info = self._request("GET", "/system", "GET /system")
+        return [f"orthanc store: Orthanc {info.get('Version', '?')} at {self.url} answered"]
+
+    def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
+        """Nothing to move: Orthanc files studies by their DICOM PatientID, not by rtlake's subject label.
+
+        Returns "" (the location does not change)."""
+        return ""
+
     def list_sessions(self) -> list[dict]:
         """One row per Orthanc study: (subject = PatientID, label = AccessionNumber as in the lake)."""
         rows = []

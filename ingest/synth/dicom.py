@@ -24,8 +24,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 IMPLEMENTATION_CLASS_UID = "2.25.186538309917263170545218011541846233751"
 IMPLEMENTATION_VERSION_NAME = "RTLAKE_SYNTH_1"
 
-# Varian ARIA's root for RT verification (portal/CBCT) studies; the run skips these.
-RT_VERIFICATION_UID_PREFIX = "1.2.246.352.71.1."
+# Varian ARIA: every study it makes starts with VARIAN_UID_ROOT (planning CT, RTSTRUCT, RTPLAN, RTDOSE
+# too); only the two verification (portal/CBCT) roots below are skipped by the run's default.
+VARIAN_UID_ROOT = "1.2.246.352.71.1."
+RT_VERIFICATION_UID_ROOTS = ("1.2.246.352.71.1.658820455611", "1.2.246.352.71.1.850931706547")
 
 SOP_CLASS_UIDS: dict[str, str] = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
