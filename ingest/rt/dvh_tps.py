@@ -137,6 +137,8 @@ class _Plane:
     RESAMPLE = 1.0
     #: query radius (lattice units) tried first; farther samples are looked up again unbounded
     NEAR = 12.0
+    #: once this share of a plane's samples has needed φ, one feature transform serves the rest
+    FEATURE_SHARE = 0.2
 
     def __init__(self, inside: np.ndarray, contours: list[np.ndarray], spacing: tuple[float, float]):
         self.inside = inside
@@ -146,6 +148,8 @@ class _Plane:
         self.nj = inside.shape[1]
         self._tree = None
         self._field: np.ndarray | None = None
+        self._feat: np.ndarray | None = None
+        self._asked = 0
 
     @classmethod
     def build(cls, inside: np.ndarray, contours: list[np.ndarray], spacing: tuple[float, float]) -> "_Plane":
@@ -168,6 +172,8 @@ class _Plane:
         prv = np.arange(-1, len(a) - 1)
         prv[starts] = starts + lens - 1
         self._a, self._b = a, a[nxt]  # segment m: a[m] → b[m]
+        self._ab = self._b - self._a
+        self._inv_len2 = 1.0 / np.maximum(np.einsum("ij,ij->i", self._ab, self._ab), 1e-12)
         self._next, self._prev = nxt, prv
         d = self._b - self._a
         n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / (self.RESAMPLE * min(self.spacing))).astype(np.int64), 1)
@@ -175,7 +181,33 @@ class _Plane:
         t = (np.arange(int(n.sum())) - np.repeat(first, n) + 0.5) / np.repeat(n, n)
         self._seg = np.repeat(np.arange(len(n)), n)
         pts = self._a[self._seg] + d[self._seg] * t[:, np.newaxis]
+        self._pts = pts
         return cKDTree(pts, balanced_tree=False, compact_nodes=False)
+
+    def _features(self) -> np.ndarray:
+        """For every lattice sample, an outline point in the nearest sample that the outline crosses.
+
+        One Euclidean feature transform of the plane: cheaper than k-d queries once many of the
+        plane's samples need φ (small structures whose contours change from plane to plane).
+        """
+        from scipy import ndimage
+
+        ni = self.inside.shape[0]
+        ci = np.clip(np.rint(self._pts[:, 0] / self.spacing[0]).astype(np.int64), 0, ni - 1)
+        cj = np.clip(np.rint(self._pts[:, 1] / self.spacing[1]).astype(np.int64), 0, self.nj - 1)
+        pt_of_cell = np.full(self.flat.size, -1, np.int64)
+        pt_of_cell[ci * self.nj + cj] = np.arange(len(self._pts))
+        idx = ndimage.distance_transform_edt((pt_of_cell < 0).reshape(self.inside.shape), sampling=self.spacing,
+                                             return_distances=False, return_indices=True)
+        return pt_of_cell[(idx[0] * self.nj + idx[1]).ravel()]
+
+    def _distance_features(self, need: np.ndarray, q: np.ndarray) -> np.ndarray:
+        seg = self._seg[self._feat[need]]
+        d = None
+        for m in (seg, self._prev[seg], self._next[seg]):  # the nearest outline point lies on one of them
+            dm = self._to_segment(q, m)[0]
+            d = dm if d is None else np.minimum(d, dm)
+        return d
 
     def _distance(self, q: np.ndarray, bound: float) -> np.ndarray:
         """Exact distance (mm) from points to the contours: to the segment of the nearest tree point,
@@ -188,25 +220,27 @@ class _Plane:
         qq = q[ok]
         seg = self._seg[idx[ok]]
         d, t = self._to_segment(qq, seg)
-        for side, nb in ((t <= 0.0, self._prev), (t >= 1.0, self._next)):
-            x = np.flatnonzero(side)
-            if x.size:
-                d[x] = np.minimum(d[x], self._to_segment(qq[x], nb[seg[x]])[0])
+        off = np.flatnonzero((t <= 0.0) | (t >= 1.0))
+        if off.size:
+            nb = np.where(t[off] <= 0.0, self._prev[seg[off]], self._next[seg[off]])
+            d[off] = np.minimum(d[off], self._to_segment(qq[off], nb)[0])
         out[ok] = d
         return out
 
     def _to_segment(self, q: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distance, unclipped projection parameter) of points to segments."""
         a = self._a[seg]
-        ab = self._b[seg] - a
+        ab = self._ab[seg]
         aq = q - a
-        t = (aq[:, 0] * ab[:, 0] + aq[:, 1] * ab[:, 1]) / np.maximum(ab[:, 0] ** 2 + ab[:, 1] ** 2, 1e-12)
+        t = np.einsum("ij,ij->i", aq, ab) * self._inv_len2[seg]
         tc = np.clip(t, 0.0, 1.0)
-        return np.hypot(aq[:, 0] - ab[:, 0] * tc, aq[:, 1] - ab[:, 1] * tc), t
+        r = aq - ab * tc[:, np.newaxis]
+        return np.sqrt(np.einsum("ij,ij->i", r, r)), t
 
     def release(self) -> "_Plane":
-        """Drop the φ cache (one float per lattice sample) but keep the k-d tree."""
+        """Drop the per-sample arrays (φ cache, feature transform) but keep the k-d tree."""
         self._field = None
+        self._feat = None
         return self
 
     def grown(self) -> np.ndarray:
@@ -257,7 +291,15 @@ class _Plane:
             ins = self.flat[need]
             if self._tree is False:
                 res = np.where(ins, np.inf, -np.inf)
+            elif self._feat is not None or self._asked + need.size > self.FEATURE_SHARE * self.flat.size:
+                if self._feat is None:
+                    self._feat = self._features()
+                ii, jj = np.divmod(need, self.nj)
+                q = np.column_stack([ii * self.spacing[0], jj * self.spacing[1]])
+                d = self._distance_features(need, q)
+                res = np.where(ins, d, -d)
             else:
+                self._asked += need.size
                 ii, jj = np.divmod(need, self.nj)
                 q = np.column_stack([ii * self.spacing[0], jj * self.spacing[1]])
                 near = self.NEAR * min(self.spacing)
@@ -291,17 +333,24 @@ class _Lattice:
 
 
 def _plane_of_contours(roi: Roi, grid: Grid) -> tuple[list[int], dict[int, list[np.ndarray]], int]:
-    """CT slice of each closed contour (nearest, as for the masks; beyond the image: dropped)."""
+    """Continuous CT indices (j, i, k) of each closed contour, grouped by its CT slice (nearest, as
+    for the masks); contours beyond the image are dropped and counted."""
+    closed = roi.closed
     nk = grid.shape[0]
+    if not closed:
+        return [], {}, 0
+    lens = np.array([len(c.points) for c in closed])
+    starts = np.cumsum(lens) - lens
+    idx = grid.to_index(np.concatenate([c.points for c in closed]))  # one transform for the structure
+    mean_k = np.add.reduceat(idx[:, 2], starts) / lens
     by_k: dict[int, list[np.ndarray]] = {}
     dropped = 0
-    for c in roi.closed:
-        s = float(grid.to_index(c.points)[:, 2].mean())
+    for n, s in enumerate(mean_k):
         if s < -0.5 - 1e-6 or s > nk - 0.5 + 1e-6:
             dropped += 1
             continue
         k = int(np.clip(np.rint(s), 0, nk - 1))
-        by_k.setdefault(k, []).append(c.points)
+        by_k.setdefault(k, []).append(idx[starts[n] : starts[n] + lens[n]])
     return sorted(by_k), by_k, dropped
 
 
@@ -329,7 +378,9 @@ def tps_samples(
     sj, si = sg.spacing[0], sg.spacing[1]
 
     # Lattice: bounding box of every kept contour on the sub-pixel grid, plus a margin.
-    pts_idx = {k: [sg.to_index(p) for p in by_k[k]] for k in planes}
+    # sub-pixel lattice index = CT index · s + (s − 1)/2 in-plane (grid.supersampled); slices unchanged
+    half = (s - 1) / 2.0
+    pts_idx = {k: [np.column_stack([q[:, 0] * s + half, q[:, 1] * s + half, q[:, 2]]) for q in by_k[k]] for k in planes}
     allp = np.concatenate([q for k in planes for q in pts_idx[k]])
     m = opts.margin_px * s
     i0 = int(math.floor(allp[:, 1].min())) - m
@@ -633,16 +684,17 @@ def _dose_centres_in_box(dose, sg: Grid, lat: _Lattice, kz_lo: float, kz_hi: flo
     hi = np.minimum(np.ceil(dc.max(axis=0)).astype(int), np.array([dgrid.shape[2], dgrid.shape[1], dgrid.shape[0]]) - 1)
     if np.any(hi < lo):
         return None
-    kk, ii, jj = np.meshgrid(np.arange(lo[2], hi[2] + 1), np.arange(lo[1], hi[1] + 1), np.arange(lo[0], hi[0] + 1),
-                             indexing="ij")
-    v = dose.gy[kk, ii, jj].ravel()
-    c = np.flatnonzero((v < below) | (v > above))  # only these can move the structure's min or max
+    block = dose.gy[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+    c = np.flatnonzero((block < below) | (block > above))  # only these can move the structure's min or max
     if not c.size:
         return None
+    v = block.ravel()[c]
+    kk, ii, jj = np.unravel_index(c, block.shape)
+    kk, ii, jj = kk + lo[2], ii + lo[1], jj + lo[0]
     A, b = _affine_to(dgrid, sg)
-    p = A @ np.vstack([jj.ravel()[c], ii.ravel()[c], kk.ravel()[c]]).astype(np.float64) + b[:, np.newaxis]
+    p = A @ np.vstack([jj, ii, kk]).astype(np.float64) + b[:, np.newaxis]
     ri, rj = p[1] - lat.i0, p[0] - lat.j0
     ok = (ri >= -0.5) & (ri <= lat.ni - 0.5) & (rj >= -0.5) & (rj <= lat.nj - 0.5) & (p[2] >= kz_lo) & (p[2] <= kz_hi)
     if not ok.any():
         return None
-    return ri[ok], rj[ok], p[2][ok], v[c][ok]
+    return ri[ok], rj[ok], p[2][ok], v[ok]
