@@ -103,12 +103,17 @@ def is_external(roi: Roi) -> bool:
 
 def _area_estimate_cc(roi: Roi, grid: Grid) -> float:
     """Σ |polygon area| × slice spacing: only used to choose the lattice, so holes may be ignored."""
-    total = 0.0
-    for c in roi.closed:
-        p = grid.to_index(c.points)
-        x, y = p[:, 0] * grid.spacing[0], p[:, 1] * grid.spacing[1]
-        total += abs(0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-    return total * grid.spacing[2] / 1000.0
+    closed = roi.closed
+    if not closed:
+        return 0.0
+    lens = np.array([len(c.points) for c in closed])
+    starts = np.cumsum(lens) - lens
+    p = grid.to_index(np.concatenate([c.points for c in closed]))
+    x, y = p[:, 0] * grid.spacing[0], p[:, 1] * grid.spacing[1]
+    nxt = np.arange(1, len(x) + 1)
+    nxt[starts + lens - 1] = starts
+    cross = x * y[nxt] - y * x[nxt]
+    return float(np.abs(0.5 * np.add.reduceat(cross, starts)).sum()) * grid.spacing[2] / 1000.0
 
 
 def choose_subsample(roi: Roi, grid: Grid, opts: TpsOptions, volume_hint_cc: float | None = None) -> int:
