@@ -19,7 +19,8 @@ MaskMode = Literal["per-roi", "labelmap", "bitmask"]
 DvhMethod = Literal["tps", "voxel"]
 
 _CONVERT_EPILOG = """\
-Reads [rt] output and [rt] scheduler; patients come from the lake in [store.lake] path
+Reads [rt] output, [rt] scheduler, [rt] dvh_method and the [rt.dvh_qa]
+tolerances; patients come from the lake in [store.lake] path
 (project [project] name), or from --input; failures are recorded in the catalog in
 [project] state_dir (stage rt).
 
