@@ -298,6 +298,10 @@ def _convert(job: PatientJob, opts: ConvertOptions, folder: Path, notes: Patient
             continue
         for w in m.warnings:
             notes.add("XIV_WARN_001", w, roi=roi.name)
+        # A malformed RTSTRUCT (ContourData not in triplets, contours of < 3 points, an ROI number
+        # without its StructureSetROISequence entry) is bad input: a failure row, not only a note.
+        for w in roi.warnings:
+            result.failures.append(Failure(f"{study}:{roi.name}", f"RTSTRUCT {ss.sop_uid}: {w}", "XIV_WARN_001", study))
         masks.append(m)
         rois.append(roi)
     result.n_rois = len(masks)
