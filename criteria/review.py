@@ -63,8 +63,12 @@ def export_review(catalog: Catalog, out: Path) -> int:
     ws = wb.active
     ws.title = "REVIEW"
     ws.append(COLUMNS)
+    from reporting.sanitise import xlsx_row
+
     for norm, desc, n, mods, first, last in rows:
-        ws.append([desc, norm, n, mods, first, last, None, None])
+        # descriptions come straight from PACS headers: control characters or a leading '=' must not
+        # break or script the workbook (the catalog keeps them as they are)
+        ws.append(xlsx_row(ws, [desc, norm, n, mods, first, last, None, None]))
     # Excel enforces a list validation only when its error alert is on (openpyxl leaves it off):
     # "stop" refuses a typed 'yes' or 'inclde' in the cell itself.
     dv = DataValidation(type="list", formula1='"' + ",".join(DECISIONS) + '"', allow_blank=True,

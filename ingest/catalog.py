@@ -204,6 +204,35 @@ MIGRATIONS: list[str] = [
     ALTER TABLE failure_imports ADD COLUMN batch_run VARCHAR;
     ALTER TABLE failure_imports ADD COLUMN attempted VARCHAR;
     """,
+    # (issue 19): conflicting duplicates, two different files under one SOPInstanceUID (ingest/conflicts.py).
+    """
+    CREATE TABLE IF NOT EXISTS conflicts (
+        conflict_id VARCHAR PRIMARY KEY,  -- hash of (sop, resolution, both sources and digests): a repeat is not a new row
+        sop_uid VARCHAR NOT NULL,
+        study_uid VARCHAR,                -- the study being stored when the conflict was found
+        resolution VARCHAR NOT NULL,      -- kept_stored (a is stored, b was not) | neither_stored (both held back)
+        source_a VARCHAR NOT NULL,        -- file path, store location or PACS instance
+        study_uid_a VARCHAR,
+        sha256_a VARCHAR,
+        source_b VARCHAR NOT NULL,
+        study_uid_b VARCHAR,
+        sha256_b VARCHAR,
+        first_run VARCHAR NOT NULL,
+        last_run VARCHAR NOT NULL,
+        first_seen_at TIMESTAMP NOT NULL,
+        resolved_run VARCHAR              -- neither_stored: the run that stored one version
+    );
+    """,
+    # (issue 15): what the store calls each session. With pseudonymisation these differ from the
+    #    identified subject/label/study_uid the catalog is keyed by; they are the only link from the master
+    #    sheet to the lake. NULL (rows stored before this column existed): the store uses the catalog's names.
+    """
+    ALTER TABLE sessions ADD COLUMN store_subject VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_label VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_study_uid VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_study_date DATE;
+    ALTER TABLE sessions ADD COLUMN store_description VARCHAR;
+    """,
 ]
 
 

@@ -225,7 +225,9 @@ class ReportConfig(_Section):
 
 class LoggingConfig(_Section):
     identifiers_in_logs: bool = Field(
-        False, description="Allow patient identifiers in log lines (off: logs use study UIDs only)."
+        False, description="Allow patient identifiers in log lines and console output (off: patients are 'a "
+                           "patient', file paths are cut to their last part, and while pseudonymising original UIDs "
+                           "are shown as their pseudonymous UIDs)."
     )
 
 

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import typer
 
+from reporting.sanitise import csv_value
+
 FORMATS = ("table", "csv", "json")
 
 CsvOpt = typer.Option(False, "--csv", help="Print CSV (header of column keys) instead of a table.")
@@ -67,7 +69,7 @@ def emit(rows: Iterable[Mapping[str, Any]], columns: Sequence[Column | str], fmt
         w = csv.writer(out, lineterminator="\n")
         w.writerow([c.key for c in cols])
         for r in rows:
-            w.writerow([_plain(r.get(c.key)) for c in cols])
+            w.writerow([csv_value(_plain(r.get(c.key))) for c in cols])  # values from files: no raw controls
     elif fmt == "json":
         out.write(json.dumps([{c.key: _jsonable(r.get(c.key)) for c in cols} for r in rows], indent=2) + "\n")
     elif fmt == "table":

@@ -22,15 +22,17 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import duckdb
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from criteria.normalise import normalise
+from reporting.sanitise import terminal
 from criteria.review import effective_lists
 
 from .catalog import Catalog
@@ -40,6 +42,7 @@ from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailabl
 from .lock import run_lock
 from .logsetup import set_run_id
 from .security import loose, private_umask, share_outbox, walk
+from .pseudo.redact import looks_like_path, pseudonymous_logs, public_paths
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
@@ -143,6 +146,21 @@ def _progress(show: bool) -> Progress:
     )
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(st: StudyRecord) -> StudyRecord:
+    """The record with lone surrogates (a PACS answer decoded with errors) replaced by U+FFFD.
+
+    Why: DuckDB refuses them, and one bad description must not stop the whole harvest. Control
+    characters stay as the PACS sent them (the catalog keeps raw values; writers sanitise).
+    """
+    fields = {k: _LONE_SURROGATE.sub("\ufffd", v) for k, v in
+              (("study_uid", st.study_uid), ("patient_id", st.patient_id), ("accession", st.accession),
+               ("description", st.description), ("study_id", st.study_id)) if _LONE_SURROGATE.search(v or "")}
+    return replace(st, **fields) if fields else st
+
+
 def uid_has_root(uid: str, root: str) -> bool:
     """True when `uid` is `root` or continues it with '.', component by component.
 
@@ -174,12 +192,17 @@ class UpdateRun:
         `log_text` replaces the reason in the log when the reason itself carries identifiers
         (e.g. a cohort row's conflicting NHS numbers)."""
         said = log_text or reason
+        shown = study_uid or ("a patient" if hospital_id else target)
+        if not self.cfg.logging.identifiers_in_logs:  # folders may be named by patient: the catalog keeps paths
+            said = public_paths(said)
+            if not (study_uid or hospital_id) and looks_like_path(target):
+                shown = public_paths(target) if stage in ("inputs", "report") else "a file"
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), said)
+            log.warning("%s %s: %s", stage, terminal(shown), terminal(said))
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), said)
+            log.debug("%s %s (again): %s", stage, terminal(shown), terminal(said))
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:
@@ -252,7 +275,8 @@ class UpdateRun:
         """
         rows = self.cat.query_dicts(
             "SELECT s.study_uid, s.project, s.subject AS old_subject, p.subject AS new_subject, s.label, s.state, "
-            "s.location, s.hospital_id FROM sessions s JOIN patients p USING (hospital_id) "
+            "s.location, s.hospital_id, coalesce(s.store_label, s.label) AS store_label "
+            "FROM sessions s JOIN patients p USING (hospital_id) "
             "WHERE s.subject <> p.subject ORDER BY s.study_uid")
         now = dt.datetime.now
         for r in rows:
@@ -260,7 +284,8 @@ class UpdateRun:
             taken = self.cat.execute("SELECT 1 FROM sessions WHERE project = ? AND subject = ? AND label = ?",
                                      [r["project"], new, r["label"]]).fetchone()
             if taken:
-                self.fail("relabel", uid, f"cannot move session {r['label']} to its corrected subject: a session "
+                # sessions are named as the store names them (a pseudonym when pseudonymised, never the accession)
+                self.fail("relabel", uid, f"cannot move session {r['store_label']} to its corrected subject: a session "
                                           "with that label is already there", uid, hospital_id=r["hospital_id"])
                 continue
             if r["state"] != "stored":  # not in the store yet: the catalog alone says where it will go
@@ -271,7 +296,8 @@ class UpdateRun:
             if self.cfg.pseudo.enabled:
                 detail = ("pseudonymised sessions carry the subject pseudonym inside every file: delete the old "
                           "session from the store and run `rtlake update --patient <hospital id>` to store it again")
-                self.fail("relabel", uid, f"session {r['label']} not moved: {detail}", uid, hospital_id=r["hospital_id"])
+                self.fail("relabel", uid, f"session {r['store_label']} not moved: {detail}", uid,
+                          hospital_id=r["hospital_id"])
                 continue
             try:
                 loc = self.store.move_session(r["project"], old, new, r["label"])
@@ -353,7 +379,7 @@ class UpdateRun:
             unreachable_in_a_row = 0
             with self.cat.transaction():
                 for st in studies:
-                    self._upsert_study(hid, st, lists)
+                    self._upsert_study(hid, _storable(st), lists)
                 self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ?, needs_harvest = FALSE "
                                  "WHERE hospital_id = ?", [self.today, self.run_id, hid])
             self.cat.resolve_target(self.run_id, "harvest", target)
@@ -592,6 +618,7 @@ class UpdateRun:
         to_put = []
         for plan, store_plan, files, got in items:
             if self.store.needs_files and not files:
+                self._record_integrity(plan, got, None)
                 self._failed(plan, "retrieve", RtlakeError(
                     f"study {plan.study.study_uid}: source {self.source.name} delivered no files"))
                 self.progress.advance(task)
@@ -625,16 +652,55 @@ class UpdateRun:
                          "AND state <> 'failed'", [self.run_id, uid])
         self.summary.counts["failed"] += 1
 
+    def _record_integrity(self, plan: SessionPlan, got: RetrievedStudy | None, res: StoredSession | None) -> int:
+        """Damaged files the source refused and conflicting duplicates: failure rows (+ `conflicts`).
+
+        Returns how many there were; any makes the study incomplete (retried next run).
+        """
+        from . import conflicts as cf_
+
+        uid = plan.study.study_uid
+        refused = got.refused if got is not None else []
+        found = cf_.against_stored((got.conflicts if got is not None else []), self.store.stored_instances) + \
+            (res.conflicts if res is not None else [])
+        for r in refused:
+            self.fail("retrieve", r.target, r.reason, uid, hospital_id=plan.hospital_id or None)
+        named = [replace(c, source_a=self._origin(c.source_a, c.sop_uid, c.study_uid_a),
+                         source_b=self._origin(c.source_b, c.sop_uid, c.study_uid_b)) for c in found]
+        for c in named:
+            self.fail("store", c.source_b, c.reason, uid, hospital_id=plan.hospital_id or None)
+        cf_.record(self.cat, self.run_id, named)
+        return len(refused) + len(named)
+
+    def _origin(self, where: str, sop: str, study: str) -> str:
+        """A conflict source as a person can find it: scratch copies are named by the PACS instance."""
+        scratch = self.cfg.state_dir / "scratch"
+        if where and Path(where).is_relative_to(scratch):
+            return f"{self.source.name}: SOPInstanceUID {sop} of study {study}"
+        return where
+
     def _stored(self, plan: SessionPlan, res: StoredSession, got: RetrievedStudy | None) -> None:
         uid = plan.study.study_uid
         for target, reason in res.problems:
             self.fail("store", target, reason, uid)
-        partial = got is not None and got.partial
+        damaged = self._record_integrity(plan, got, res)
+        if damaged and not res.files:  # every file was refused or in conflict: nothing to call stored
+            self._failed(plan, "store", RtlakeError(f"study {uid}: nothing stored ({damaged} damaged or "
+                                                    "conflicting files, listed separately)"))
+            return
+        from .conflicts import resolve_stored
+
+        resolve_stored(self.cat, self.run_id, {f.sop_uid for f in res.files})
+        partial = (got is not None and got.partial) or damaged > 0
         with self.cat.transaction() as con:
             # subject/label stay as planned (identifiable) even when the store holds a pseudonymised copy:
             # a later re-ingest must start from the original names, and `location` says where the copy is.
             con.execute("UPDATE sessions SET state='stored', location=?, n_scans=?, n_files=?, stored_run=? "
                         "WHERE study_uid=?", [res.location, len(res.scans), len(res.files), self.run_id, uid])
+            sp = res.plan  # the names the store holds (pseudonyms when pseudonymised): the link to the lake
+            con.execute("UPDATE sessions SET store_subject=?, store_label=?, store_study_uid=?, store_study_date=?, "
+                        "store_description=? WHERE study_uid=?", [sp.subject, sp.label, sp.study.study_uid,
+                                                                  sp.study.study_date, sp.study.description, uid])
             for s in res.scans:
                 con.execute("INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?)",
                             [uid, s.series_uid, s.scan_id, s.modality, s.description, s.n_files])
@@ -644,7 +710,12 @@ class UpdateRun:
             else:
                 con.execute("UPDATE studies_seen SET state='ingested', updated_run=? WHERE study_uid=? "
                             "AND state <> 'ingested'", [self.run_id, uid])
-        if partial:
+        if partial and damaged:
+            self.fail("retrieve", uid, f"incomplete: {len(res.files)} instances stored; {damaged} damaged or "
+                                       "conflicting files (listed separately); will retry", uid,
+                      hospital_id=plan.hospital_id or None)
+            self.summary.counts["failed"] += 1
+        elif partial:
             self.fail("retrieve", uid, f"partial transfer: received {len(got.files)} of {got.expected} instances; "
                                        "stored what arrived, will retry", uid, hospital_id=plan.hospital_id or None)
             self.summary.counts["failed"] += 1
@@ -810,7 +881,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
         ConfigError: the configuration cannot work (checked before anything is touched).
     """
     check_preconditions(cfg)
-    with private_umask(), run_lock(cfg.state_dir):
+    with private_umask(), pseudonymous_logs(cfg), run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:
             with _progress(show_progress) as progress:
@@ -824,6 +895,12 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                     # kept like every other failure (and cleared by the next run that gets past this point)
                     run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
+                    summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
+                except (duckdb.InterruptException, RuntimeError) as exc:
+                    if "interrupt" not in str(exc).lower():  # Ctrl-C inside a DuckDB query arrives as this
+                        summary.status = "failed"
+                        cat.finish_run(run.run_id, "failed", summary.counts, f"crashed: {type(exc).__name__}")
+                        raise
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
                     summary.status = "failed"
@@ -858,6 +935,9 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         run.store = open_store(cfg)
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
+    from .conflicts import stored_instances
+
+    run.store.stored_instances = lambda sops: stored_instances(run.cat, sops)  # issue 19: never first-wins
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
     run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
     try:
@@ -869,6 +949,10 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         if unknown:
             raise RunFailed(f"--patient: {len(unknown)} of the given IDs are not living members of the cohort "
                             f"({cfg.inputs.cohort})")
+    if cfg.pseudo.enabled:  # sessions stored before the catalog kept the store's names (issue 15)
+        from .pseudo.store_names import fill_store_names
+
+        fill_store_names(cfg, run.cat)
     run.relabel_sessions()
     run.harvest(alive, full=full, only=patients)
     todo = run.select()

@@ -48,7 +48,9 @@ def gather_status(cfg: Config, n_runs: int = 5) -> dict[str, Any]:
         tables = {r[0] for r in cat.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         conflicts: list[dict] = []
         if "conflicts" in tables:  # duplicate SOPInstanceUIDs with different content (damaged-file checks)
-            conflicts = cat.query_dicts("SELECT * FROM conflicts ORDER BY 1 LIMIT 50")
+            conflicts = cat.query_dicts(
+                "SELECT sop_uid, resolution, source_a, source_b, last_run FROM conflicts WHERE resolved_run IS NULL "
+                "ORDER BY last_run DESC, sop_uid LIMIT 50")
     finally:
         cat.close()
     return {

@@ -22,6 +22,8 @@ from openpyxl.utils import get_column_letter
 
 from ingest.atomic import atomic_path, write_text
 
+from . import sanitise
+
 MASTER_STEM = "master-availability"
 DATE_FORMAT = "yyyy-mm-dd"
 
@@ -34,9 +36,9 @@ def write_csv(table: pd.DataFrame, target: Path) -> Path:
     """UTF-8 CSV, dates as ISO text; markers and IDs exactly as in the table (never floats)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(list(table.columns))
+    w.writerow([sanitise.csv_value(str(c)) for c in table.columns])
     for row in table.itertuples(index=False, name=None):
-        w.writerow([_csv_cell(v) for v in row])
+        w.writerow([sanitise.csv_value(_csv_cell(v)) for v in row])
     write_text(target, buf.getvalue())
     return target
 
@@ -80,7 +82,7 @@ def write_xlsx(
             ws.auto_filter.ref = f"A1:{get_column_letter(len(cols))}{max(len(table), 0) + 1}"
         header = []
         for c in cols:
-            cell = WriteOnlyCell(ws, value=str(c))
+            cell = WriteOnlyCell(ws, value=sanitise.xlsx_text(str(c)))
             cell.font = bold
             header.append(cell)
         ws.append(header)
@@ -91,14 +93,15 @@ def write_xlsx(
                 v = values[j]
                 if isinstance(v, str) and v.isdigit() and len(v) < 10:
                     values[j] = int(v)
-            ws.append(values)
+            ws.append(sanitise.xlsx_row(ws, values))
     if provenance is not None:
         ws = wb.create_sheet("Provenance")
         ws.column_dimensions["A"].width = 28
         ws.column_dimensions["B"].width = 90
         ws.append([WriteOnlyCell(ws, value="key"), WriteOnlyCell(ws, value="value")])
         for k, v in provenance.items():
-            ws.append([str(k), _xlsx_value(v) if not isinstance(v, (list, tuple, dict)) else _text(v)])
+            ws.append(sanitise.xlsx_row(ws, [str(k), _xlsx_value(v) if not isinstance(v, (list, tuple, dict))
+                                             else _text(v)]))
     with atomic_path(target) as tmp:
         wb.save(tmp)
     return target

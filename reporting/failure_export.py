@@ -26,6 +26,7 @@ from ingest.catalog import Catalog
 from .history import source_files
 from .master import failure_modality
 from .nhs import NhsMapping
+from . import sanitise
 
 FORMATS = ("csv", "xlsx")
 
@@ -119,7 +120,7 @@ def write_export(rows: list[dict], target: Path, fmt: str | None = None) -> Path
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(HEADERS)
         for r in rows:
-            w.writerow([text_cell(r.get(h)) for h in HEADERS])
+            w.writerow([sanitise.csv_value(text_cell(r.get(h))) for h in HEADERS])
         write_text(target, buf.getvalue(), mode=0o600)
         return target
     wb = Workbook(write_only=True)
@@ -150,7 +151,7 @@ def write_export(rows: list[dict], target: Path, fmt: str | None = None) -> Path
                 c.number_format = "yyyy-mm-dd" if h in _DATE_COLUMNS else "yyyy-mm-dd hh:mm:ss"
                 cells.append(c)
             else:
-                cells.append(text_cell(v))
+                cells.append(sanitise.xlsx_cell(ws, text_cell(v)))  # values come from files: never a formula
         ws.append(cells)
     with atomic_path(target, mode=0o600) as tmp:
         wb.save(tmp)

@@ -11,7 +11,6 @@ mailed or archived as it is.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import io
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from .failures import STATUSES  # noqa: E402
 from .master import failure_modality  # noqa: E402,F401 - re-exported
 from .own_failures import OwnFailure, by_stage, summary  # noqa: E402
 from .rates import RunRate  # noqa: E402
+from .sanitise import html_text as esc  # noqa: E402
 
 #: Session types whose failures are most worth a manual pull (the SOP singles out PET-CT).
 PULL_MODALITIES = ("PET", "NM")
@@ -137,13 +137,13 @@ def _plot_rates(rates: Sequence[RunRate]) -> str | None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
-    out = [f'<div class="scroll"><table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
+    out = [f'<div class="scroll"><table class="{cls}"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for v in row:
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             text = "" if v is None else (v.isoformat() if isinstance(v, dt.date) else str(v))
-            cells.append(f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>")
+            cells.append(f'<td class="num">{esc(text)}</td>' if num else f"<td>{esc(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -192,17 +192,17 @@ def render_report(
 ) -> str:
     """The HTML text. `failures` are failure_history rows without placeholders; `own` are the
     catalog's own failure rows (open and resolved)."""
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>{html.escape(title)}</h1>")
-    parts.append(f"<p>Run <code>{html.escape(run_id)}</code>, built {dt.datetime.now():%Y-%m-%d %H:%M}. "
+    parts.append(f"<h1>{esc(title)}</h1>")
+    parts.append(f"<p>Run <code>{esc(run_id)}</code>, built {dt.datetime.now():%Y-%m-%d %H:%M}. "
                  f"{len(failures)} failed studies in imported failure lists (scheduled-date placeholders left "
-                 f"out); rtlake's own failures: {html.escape(summary(list(own)))} "
+                 f"out); rtlake's own failures: {esc(summary(list(own)))} "
                  f"(<a href='#own-failures'>below</a>).</p>")
 
     parts.append("<h2 id='warnings'>Failure rate check</h2>")
     if warnings:
-        parts.extend(f"<div class='warn'>⚠ {html.escape(w)}</div>" for w in warnings)
+        parts.extend(f"<div class='warn'>⚠ {esc(w)}</div>" for w in warnings)
     else:
         parts.append("<div class='ok'>No run is out of line with the historic baseline.</div>")
 
@@ -256,7 +256,7 @@ def render_report(
 
     if problems:
         parts.append("<h2 id='problems'>Input problems</h2><ul>")
-        parts.extend(f"<li>{html.escape(p)}</li>" for p in problems)
+        parts.extend(f"<li>{esc(p)}</li>" for p in problems)
         parts.append("</ul>")
     parts.append("</body></html>")
     return "".join(parts)

@@ -643,9 +643,19 @@ def test_a_failed_logout_leaves_no_thread_calling_xnat(xnat_server, xnat_cfg):
     """xnatpy stops its keep-alive thread only after a successful logout; a refused one must not leave it running."""
     import threading
 
+    import time
+
+    def keepalive() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "XNATpyKeepAliveThread" and t.is_alive()}
+
+    before = keepalive()  # threads other tests' connections may still be winding down are not ours
     xnat_server.add_project("RTLAKE")
     store = open_store(xnat_cfg())
     store.check()
+    assert keepalive() - before, "the store's session should have started xnatpy's keep-alive thread"
     xnat_server.add_fault("DELETE", r"^/data/JSESSION$", 500, "boom", times=5)
     store.close()
-    assert [t for t in threading.enumerate() if t.name == "XNATpyKeepAliveThread" and t.is_alive()] == []
+    deadline = time.monotonic() + 5
+    while keepalive() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keepalive() - before == set()

@@ -149,9 +149,9 @@ def test_pacs_dying_mid_harvest_stops_the_run(orthanc_loaded, pacs_cohort, tmp_p
         f'[store.lake]\npath = "lake"\n[report]\noutbox = "outbox"\n')
     real_hit = failpoints.hit
 
-    def hit(name: str) -> None:  # the PACS dies once the first patient is harvested
+    def hit(name: str) -> None:  # the PACS stops answering (503 to everything) once the first patient is done
         if name == "harvest.patient":
-            proxy.stop()
+            proxy.faults, proxy.fault_rate = ("http503",), 1.0
         real_hit(name)
 
     monkeypatch.setattr(failpoints, "hit", hit)
@@ -259,3 +259,28 @@ def test_missing_xnat_credentials_is_failed_not_done(fresh_demo, xnat_server, xn
     assert r.returncode == 4, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     assert "RTLAKE_XNAT_USER" in r.stdout + r.stderr
     assert not xnat_server.experiments
+
+
+def test_a_pacs_answer_with_a_lone_surrogate_does_not_stop_the_harvest(tmp_path):
+    """A PACS answer decoded with errors can carry a lone surrogate, which DuckDB refuses: the study is
+    kept with U+FFFD in its place, the rest of the patient's studies too."""
+    from rich.progress import Progress
+
+    from criteria.lists import CriteriaLists
+    from ingest.config import load_config
+    from ingest.records import StudyRecord
+    from ingest.run import UpdateRun, _storable
+
+    cfg = load_config(None, {"project.state_dir": str(tmp_path / "state")})
+    cat = Catalog(cfg.catalog_path)
+    try:
+        run = UpdateRun(cfg, cat, Progress(disable=True))
+        bad = StudyRecord("1.2.3.4", "H1", accession="A\udc801", description="CT \udcff Thorax")
+        good = StudyRecord("1.2.3.5", "H1", accession="A2", description="CT Thorax")
+        with cat.transaction():
+            for st in (bad, good):
+                run._upsert_study("H1", _storable(st), CriteriaLists())
+        rows = dict(cat.execute("SELECT study_uid, description FROM studies_seen").fetchall())
+    finally:
+        cat.close()
+    assert rows == {"1.2.3.4": "CT \ufffd Thorax", "1.2.3.5": "CT Thorax"}

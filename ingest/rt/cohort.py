@@ -23,6 +23,7 @@ from pathlib import Path
 from ..bookkeeping import input_files
 from ..atomic import write_text
 from .convert import ConvertOptions, PatientJob, PatientResult, convert_patient, patient_dir
+from reporting.sanitise import csv_value
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +61,29 @@ def jobs_from_lake(lake_root: Path, project: str, output: Path, catalog=None) ->
     """One job per lake subject: files from the catalog's stored sessions, else from the folder tree.
 
     The catalog is preferred because it lists exactly what a run stored; the folder walk
-    covers lakes copied without their catalog.
+    covers lakes copied without their catalog. Either way a patient is named as the store names
+    it (the lake's subject folder: a pseudonym when pseudonymised), never by the catalog's
+    identified subject label, because the outputs are research-side files.
     """
+    from ..naming import safe
+
     by_subject: dict[str, list[str]] = defaultdict(list)
     known: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    proj = Path(lake_root) / safe(project)
     if catalog is not None:
         rows = catalog.execute(
-            "SELECT s.subject, f.path, f.sop_uid, f.size FROM sessions s JOIN files f ON f.study_uid = s.study_uid "
-            "WHERE s.state = 'stored' AND s.project = ? ORDER BY s.subject, f.path",
+            "SELECT coalesce(s.store_subject, s.subject), f.path, f.sop_uid, f.size FROM sessions s JOIN files f "
+            "ON f.study_uid = s.study_uid WHERE s.state = 'stored' AND s.project = ? ORDER BY 1, f.path",
             [project],
         ).fetchall()
         for subject, path, sop, size in rows:
             p = Path(path)
             if not p.is_absolute():
                 p = Path(lake_root) / p
+            subject = lake_subject(p, proj) or subject
             by_subject[subject].append(str(p))
             known[subject].append((str(sop), int(size or 0)))
     if not by_subject:
-        from ..naming import safe
-
-        proj = Path(lake_root) / safe(project)
         if proj.is_dir():
             for sdir in sorted(x for x in proj.iterdir() if x.is_dir()):
                 files = sorted(str(f) for f in sdir.glob("*/scans/*/*.dcm"))
@@ -87,6 +91,15 @@ def jobs_from_lake(lake_root: Path, project: str, output: Path, catalog=None) ->
                     by_subject[sdir.name] = files
     # The catalog's (SOPInstanceUID, size) fingerprint the inputs without opening the files.
     return [PatientJob(s, files, str(output), known.get(s) or None) for s, files in sorted(by_subject.items())]
+
+
+def lake_subject(path: Path, project_dir: Path) -> str | None:
+    """The subject folder a lake file is under (`<project>/<subject>/<session>/…`), or None."""
+    try:
+        parts = Path(path).relative_to(project_dir).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 2 else None
 
 
 def run_cohort(
@@ -192,7 +205,7 @@ def write_cohort_dvh(output: Path, jobs: list[PatientJob], name: str = "dvh.csv"
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([csv_value(v) for v in row] for row in rows)  # ROI names come from the files
     target = Path(output) / name
     write_text(target, buf.getvalue())
     return target
@@ -210,7 +223,8 @@ def write_cohort_status(output: Path, summary: CohortSummary) -> Path:
     w.writerow(["patient", "status", "files_ready", "skipped", "study_uid", "rois", "problems", "first_problem"])
     for r in summary.results:
         first = f"{r.failures[0].code}: {r.failures[0].reason}" if r.failures else ""
-        w.writerow([r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois, len(r.failures), first])
+        w.writerow([csv_value(v) for v in (r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois,
+                                           len(r.failures), first)])
     target = Path(output) / "patients.csv"
     write_text(target, buf.getvalue())
     return target

@@ -9,7 +9,6 @@ curves, so the legend lives outside the plot, in columns, one checkbox per struc
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 import re
@@ -17,6 +16,8 @@ from pathlib import Path
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
+
+from reporting.sanitise import html_text
 
 from ..atomic import write_text
 from .dvh import Dvh
@@ -71,7 +72,7 @@ def _fmt(v, digits: int = 3) -> str:
         return "" if math.isnan(v) else f"{v:.{digits}f}"
     if v is None:
         return ""
-    return html.escape(str(v))
+    return html_text(v)
 
 
 _SCRIPT = """<script>
@@ -81,7 +82,7 @@ function dvhAll(on) { document.querySelectorAll('.dvh-legend input').forEach(fun
 
 
 def _dvh_block(dvhs: list[Dvh]) -> list[str]:
-    e = html.escape
+    e = html_text  # names and labels come from the files: escaped, control characters replaced
     curves = plotted(dvhs)
     parts = ["<div class='dvh'><div class='plot'>", dvh_plot_svg(dvhs), "</div><div class='dvh-legend'>",
              "<div><a href='#' onclick='dvhAll(true);return false'>all</a> · "
@@ -96,7 +97,7 @@ def _dvh_block(dvhs: list[Dvh]) -> list[str]:
 
 
 def _plan_block(notes: PatientNotes) -> list[str]:
-    e = html.escape
+    e = html_text  # names and labels come from the files: escaped, control characters replaced
     plan = notes.linkage.get("plan") or {}
     rows = []
     if plan:
@@ -131,7 +132,7 @@ def _qa_block(notes: PatientNotes) -> list[str]:
     qa = notes.dvh_qa
     if not qa:
         return []
-    e = html.escape
+    e = html_text  # names and labels come from the files: escaped, control characters replaced
     out = [f"<h2>Check against the planning system's DVHs</h2><p>Stored DVHs of RTDOSE {e(qa['source_rtdose'])}; "
            f"stated values read as {e(qa['stated_scale'])}; our method: {e(qa['method'])}. "
            f"<b>{qa['compared'] - qa['failed']} of {qa['compared']}</b> structures within tolerance.</p>"]
@@ -157,7 +158,7 @@ def _qa_block(notes: PatientNotes) -> list[str]:
 
 
 def write_report(target: Path, notes: PatientNotes, dvhs: list[Dvh], previews: dict[str, Path]) -> None:
-    e = html.escape
+    e = html_text  # ROI names and labels come from the files: escaped, control characters replaced
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>RT conversion: {e(notes.patient)}</title>",

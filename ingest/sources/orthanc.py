@@ -255,14 +255,15 @@ class OrthancSource(QueryLookups, Source):
                 self.wado.study(uid, rec)
 
         result = fetch_study_checked(
-            self.transfer, f"study {uid}", expected, lambda: set(rec.sops), fetch_all,
+            self.transfer, f"study {uid}", expected, lambda: rec.settled, fetch_all,
             list_instances, lambda sop, iid: self._instance_file(iid, uid, rec))
-        if not rec.sops:
+        if rec.nothing():
             raise SourceError(f"{self.name}: study {uid}: no instances received")
         expected = result.expected if result.expected is not None else expected
         if not result.complete:
             log.warning("%s: study %s partial: %s", self.name, uid, result.describe())
-        return RetrievedStudy(study=study, files=rec.files, expected=expected)
+        return RetrievedStudy(study=study, files=rec.files, expected=expected, refused=rec.refused,
+                              conflicts=rec.conflicts)
 
     def close(self) -> None:
         self.client.session.close()
