@@ -37,7 +37,7 @@ def test_tps_method_meets_the_eclipse_targets(rows):
         dv, dm = _pct(t["volume_cc"], e["volume_cc"]), _pct(t["mean_gy"], e["mean_gy"])
         if e["volume_cc"] >= 1.0:
             assert abs(dv) <= 1.0 and abs(dm) <= 0.5, (r["case"], r["roi"], dv, dm)
-            assert abs(dv) <= 0.5 and abs(dm) <= 0.25, (r["case"], r["roi"], dv, dm)  # measured: 0.38 % / 0.17 %
+            assert abs(dv) <= 0.5 and abs(dm) <= 0.25, (r["case"], r["roi"], dv, dm)  # measured: 0.37 % / 0.17 %
         else:
             assert abs(dv) <= 10.0 and abs(dm) <= 10.0, (r["case"], r["roi"], dv, dm)
             assert abs(dv) <= 4.0, (r["case"], r["roi"], dv)  # measured: −1.7 … +2.6 %
