@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,12 +156,13 @@ class DimseSource(QueryLookups, Source):
 
     def _associate(self, ae: NodelayAE, what: str, **kw):
         # A peer that rejects and closes at once (dcmtk does) can reach pynetdicom as an abort when
-        # the close is read before the A-ASSOCIATE-RJ. Two quick extra attempts give the rejection a
+        # the close is read before the A-ASSOCIATE-RJ. A few quick extra attempts give the rejection a
         # chance to show; a peer that is really down fails all three the same way.
-        for _attempt in range(3):
+        for attempt in range(5):
             assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kw)
             if assoc.is_established or assoc.is_rejected:
                 break
+            time.sleep(0.05 * attempt)  # under load the close can win the race several times in a row
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
