@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from .. import failpoints
-from ..atomic import copy_file, sweep_temp, write_text
+from ..atomic import copy_unsynced, make_durable, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
 from ..naming import safe
 from ..records import SessionPlan, StoredFile, StoredScan, StoredSession
@@ -93,6 +93,8 @@ class LakeStore(Store):
         counts: dict[str, int] = defaultdict(int)
         desc_of: dict[str, str] = {}
         seen_sops: set[str] = set()
+        written: list[Path] = []
+        made: set[Path] = set()
         for f, sop, series_uid, _num, _mod, sdesc in headers:
             if sop in seen_sops:
                 problems.append((str(f), f"duplicate SOPInstanceUID {sop} in study; kept the first"))
@@ -102,10 +104,14 @@ class LakeStore(Store):
             size = f.stat().st_size
             if not (target.is_file() and target.stat().st_size == size):
                 try:
-                    copy_file(f, target)
+                    if target.parent not in made:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(target.parent)
+                    copy_unsynced(f, target)
                 except OSError as exc:
                     raise StoreError(f"study {plan.study.study_uid}: cannot write {target}: {exc}") from exc
                 failpoints.hit("ingest.file")
+            written.append(target)  # also one found from a killed run: it may not be on disk yet
             stored.append(StoredFile(sop, series_uid, str(target), size))
             counts[series_uid] += 1
             desc_of[series_uid] = sdesc
@@ -119,6 +125,10 @@ class LakeStore(Store):
             "scans": [{"id": s.scan_id, "series_uid": s.series_uid, "modality": s.modality,
                        "description": s.description, "files": s.n_files} for s in scans],
         }
+        try:
+            make_durable(written)  # one flush for the study, before anything records it as stored
+        except OSError as exc:
+            raise StoreError(f"study {plan.study.study_uid}: cannot flush its files to disk: {exc}") from exc
         write_text(sdir / "session.json", json.dumps(manifest, indent=1, sort_keys=True))
         return StoredSession(plan=plan, location=str(sdir), scans=scans, files=stored, problems=problems)
 

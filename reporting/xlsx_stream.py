@@ -1,0 +1,439 @@
+"""A streaming xlsx writer for big, simply formatted tables (the EDW outbox), a column at a time.
+
+Why our own: the master sheet at trust scale is 100,000 rows × ~500 columns (50 M cells). Measured
+on our 2-core machine (scripts/bench/bench_master.py): openpyxl's write-only mode costs ~36 µs and
+XlsxWriter's constant_memory mode ~21 µs per cell — 30 and 17 minutes for that sheet — because both
+build and format every cell in Python. The sheet is mostly repeats (the `null` marker, a few
+thousand dates, small integers), so here each column of a block of rows is factorised in C
+(`pandas.factorize`), each *distinct* value is formatted once, and rows are joined from those
+fragments; deflate (level 1) then streams the XML into the zip.
+
+What it writes (ECMA-376 SpreadsheetML, the parts Excel, LibreOffice and openpyxl read):
+strings as shared strings (text stays text: NHS numbers, IDs), `datetime.date`/`datetime` as real
+dates (serial numbers with a yyyy-mm-dd / yyyy-mm-dd hh:mm:ss format), ints and floats as numbers,
+None/NaN as empty cells; a bold, frozen header row (plus the first column when asked), an autofilter
+over the whole table, and column widths. Rows are numbered; cells carry no `r` reference (optional
+in the schema, CT_Cell; readers place them in order, and an empty cell is written as `<c/>`), so one
+fragment serves every cell with the same value.
+
+Text is made safe for XML here, per distinct value: characters XML 1.0 forbids and lone surrogates
+become U+FFFD, text is cut to Excel's 32,767-character cell limit, and text Excel would read as a
+formula (=, +, -, @ first, not a number) is stored as text with the quote-prefix style, so it stays
+text when a user edits it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pandas as pd
+
+ROWS_PER_BLOCK = 2000
+XLSX_MAX = 32767
+_EPOCH = dt.date(1899, 12, 30)
+_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_FORMULA_LEAD = ("=", "+", "-", "@")
+
+# style indexes (cellXfs below)
+_S_DATE, _S_BOLD, _S_QUOTED, _S_DATETIME = 1, 2, 3, 4
+
+_STYLES = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">
+<numFmts count="2"><numFmt numFmtId="164" formatCode="yyyy-mm-dd"/><numFmt numFmtId="165" formatCode="yyyy-mm-dd hh:mm:ss"/></numFmts>
+<fonts count="2"><font><sz val="11"/><name val="Calibri"/><family val="2"/></font><font><b/><sz val="11"/><name val="Calibri"/><family val="2"/></font></fonts>
+<fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/></fill></fills>
+<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>
+<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>
+<cellXfs count="5"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0" quotePrefix="1"/><xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs>
+<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>
+</styleSheet>"""
+
+_NS = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+_RNS = 'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
+_PKG = "http://schemas.openxmlformats.org/package/2006"
+_OFFICE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+
+
+def column_letter(j: int) -> str:
+    """1 -> A, 27 -> AA."""
+    s = ""
+    while j:
+        j, r = divmod(j - 1, 26)
+        s = chr(65 + r) + s
+    return s
+
+
+def xml_text(value: str) -> str:
+    """The characters of a text cell: XML-illegal ones replaced with U+FFFD, cut to Excel's limit."""
+    s = _XML_ILLEGAL.sub("\ufffd", value)
+    return s if len(s) <= XLSX_MAX else s[:XLSX_MAX - 1] + "…"
+
+
+def formula_like(value: str) -> bool:
+    """True when Excel would take the text for a formula (numbers such as -5 or +44 are not)."""
+    return value.startswith(_FORMULA_LEAD) and not _NUMBER.fullmatch(value)
+
+
+def flagged(items: Sequence[str], pattern: re.Pattern | None = None, starts: str = "", ends: str = "") -> np.ndarray:
+    """Indexes of the strings in `items` that match a character class `pattern`, begin with one of
+    the characters in `starts` or end with one in `ends`, or hold a NUL.
+
+    Why like this: the strings are joined with NUL once and searched in C (a character-class regex,
+    `str.find` for the first/last characters), so a column of 100,000 IDs costs milliseconds
+    instead of a Python call per value. `pattern` must not match NUL; a value holding one is
+    found by counting separators.
+    """
+    if not items:
+        return np.empty(0, dtype=np.int64)
+    joined = "\x00" + "\x00".join(items) + "\x00"
+    hits: list[int] = [m.start() for m in pattern.finditer(joined)] if pattern is not None else []
+    for marks, shift in ((starts, 1), (ends, 0)):
+        for ch in marks:
+            probe = "\x00" + ch if shift else ch + "\x00"
+            i = joined.find(probe)
+            while i >= 0:
+                hits.append(i + shift)
+                i = joined.find(probe, i + 1)
+    extra: list[int] = []
+    if joined.count("\x00") != len(items) + 1:  # some values hold a NUL: name them one by one
+        extra = [u for u, it in enumerate(items) if "\x00" in it]
+    if not hits and not extra:
+        return np.empty(0, dtype=np.int64)
+    lens = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    first = np.concatenate(([1], np.cumsum(lens + 1)[:-1] + 1))  # where each item starts in `joined`
+    at = np.searchsorted(first, np.array(hits, dtype=np.int64), side="right") - 1
+    return np.unique(np.concatenate((at, np.array(extra, dtype=np.int64))))
+
+
+_ILLEGAL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+_NEEDS_ESCAPE = re.compile(r"[&<>]")
+_XML_SPACE = " \t\n\r"
+
+
+class _Strings:
+    """The shared-string table. A column of distinct strings is appended as a whole (no look-up);
+    the few values that repeat across columns (markers, header names) may then appear more than
+    once in the table, which the format allows (cells refer to an index, not to a text)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._index: dict[str, int] = {}
+        self._numbers: list[str] = []  # str(i), reused for every cell that refers to entry i
+
+    def _number(self, i: int) -> str:
+        while len(self._numbers) <= i:
+            n = len(self._numbers)
+            self._numbers.extend(map(str, range(n, max(2 * n, 1024))))
+        return self._numbers[i]
+
+    def add(self, value: str) -> tuple[int, bool]:
+        """(index of the cleaned text, whether it needs the quote-prefix style), deduplicated."""
+        s = xml_text(value)
+        i = self._index.get(s)
+        if i is None:
+            i = self._index[s] = len(self.items)
+            self.items.append(s)
+        return i, formula_like(s)
+
+    def fragment(self, value: str) -> str:
+        i, quoted = self.add(value)
+        style = f' s="{_S_QUOTED}"' if quoted else ""
+        return f'<c t="s"{style}><v>{i}</v></c>'
+
+    def fragments(self, values: Sequence[str]) -> list[str]:
+        """Cell fragments for many distinct strings: appended in one go, checked with regex scans."""
+        clean = list(values)
+        # NUL itself is illegal, so the join-and-scan sees it; over-long texts by their length
+        long = np.flatnonzero(np.fromiter(map(len, clean), dtype=np.int64, count=len(clean)) > XLSX_MAX)
+        for u in np.union1d(flagged(clean, _ILLEGAL), long).astype(np.int64):
+            clean[u] = xml_text(clean[u])
+        base = len(self.items)
+        self.items.extend(clean)
+        self._number(base + len(clean))
+        nums = self._numbers
+        out = [f'<c t="s"><v>{nums[base + u]}</v></c>' for u in range(len(clean))]
+        for u in flagged(clean, starts="".join(_FORMULA_LEAD)):
+            if formula_like(clean[u]):
+                out[u] = f'<c t="s" s="{_S_QUOTED}"><v>{base + u}</v></c>'
+        return out
+
+
+class _Background:
+    """Hands blocks to a thread that deflates and writes them, while the caller builds the next.
+
+    Why: zlib releases the GIL while it compresses, so deflating block k runs on the second core
+    while Python formats block k+1 (deflate is a quarter of the work at level 1).
+    """
+
+    def __init__(self, out) -> None:
+        import queue
+        import threading
+
+        self._out = out
+        self._q: queue.Queue = queue.Queue(maxsize=3)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="xlsx-deflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._q.get()
+            if data is None:
+                return
+            if self._error is None:
+                try:
+                    self._out.write(data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(data)
+
+    def __enter__(self) -> "_Background":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
+class Sheet:
+    """One table to write: a DataFrame plus how to present it."""
+
+    def __init__(self, title: str, table: pd.DataFrame, *, freeze: bool = True, freeze_first_column: bool = True,
+                 number_columns: Sequence[str] = (), widths: Sequence[float] | None = None,
+                 autofilter: bool = True) -> None:
+        self.title = title[:31]
+        self.table = table
+        self.freeze = freeze
+        self.freeze_first_column = freeze and freeze_first_column and len(table.columns) > 1
+        self.autofilter = autofilter
+        self.number_columns = set(number_columns)
+        self.widths = widths
+
+
+def write_workbook(target: Path, sheets: Sequence[Sheet], compresslevel: int = 1) -> None:
+    """Write the sheets as one .xlsx at `target` (the caller makes it atomic)."""
+    strings = _Strings()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as zf:
+        for n, sheet in enumerate(sheets, start=1):
+            with zf.open(f"xl/worksheets/sheet{n}.xml", "w", force_zip64=True) as raw, _Background(raw) as out:
+                _write_sheet(out, sheet, strings)
+        with zf.open("xl/sharedStrings.xml", "w", force_zip64=True) as out:
+            items = strings.items
+            out.write((f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<sst {_NS} '
+                       f'count="{len(items)}" uniqueCount="{len(items)}">').encode())
+            step = 200_000
+            for i in range(0, len(items), step):
+                chunk = items[i:i + step]
+                parts: list[str] = ["<si><t>", "", "</t></si>"] * len(chunk)
+                parts[1::3] = chunk
+                for u in flagged(chunk, _NEEDS_ESCAPE):
+                    parts[3 * u + 1] = escape(chunk[u])
+                for u in flagged(chunk, starts=_XML_SPACE, ends=_XML_SPACE):
+                    parts[3 * u] = '<si><t xml:space="preserve">'
+                out.write("".join(parts).encode("utf-8"))
+            out.write(b"</sst>")
+        zf.writestr("xl/styles.xml", _STYLES)
+        zf.writestr("xl/workbook.xml", _workbook_xml(sheets))
+        zf.writestr("xl/_rels/workbook.xml.rels", _workbook_rels(len(sheets)))
+        zf.writestr("_rels/.rels", f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                                   f'<Relationships xmlns="{_PKG}/relationships"><Relationship Id="rId1" '
+                                   f'Type="{_OFFICE}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+        zf.writestr("[Content_Types].xml", _content_types(len(sheets)))
+
+
+def _write_sheet(out, sheet: Sheet, strings: _Strings) -> None:
+    table = sheet.table
+    cols = [str(c) for c in table.columns]
+    n_rows, n_cols = len(table), len(cols)
+    last = f"{column_letter(max(n_cols, 1))}{n_rows + 1}"
+    head = [f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet {_NS} {_RNS}>']
+    head.append(f'<dimension ref="A1:{last}"/>')
+    if not sheet.freeze:
+        pane = ""
+    elif sheet.freeze_first_column:
+        pane = '<pane xSplit="1" ySplit="1" topLeftCell="B2" activePane="bottomRight" state="frozen"/>' \
+               '<selection pane="topRight"/><selection pane="bottomLeft"/><selection pane="bottomRight" sqref="B2"/>'
+    else:
+        pane = '<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>' \
+               '<selection pane="bottomLeft" sqref="A2"/>'
+    head.append(f'<sheetViews><sheetView workbookViewId="0">{pane}</sheetView></sheetViews>')
+    head.append('<sheetFormatPr defaultRowHeight="15"/>')
+    if sheet.widths:
+        head.append("<cols>" + "".join(f'<col min="{j}" max="{j}" width="{w:g}" customWidth="1"/>'
+                                       for j, w in enumerate(sheet.widths, start=1)) + "</cols>")
+    head.append("<sheetData>")
+    header = "".join(f'<c t="s" s="{_S_BOLD}"><v>{strings.add(c)[0]}</v></c>' for c in cols)
+    head.append(f'<row r="1">{header}</row>')
+    out.write("".join(head).encode("utf-8"))
+    as_number = [c in sheet.number_columns for c in cols]
+    def many(j: int, uniques: np.ndarray) -> np.ndarray:
+        if as_number[j]:  # Scans: digit strings become numbers
+            return np.array([_fragment(v, strings, True) for v in uniques], dtype=object)
+        return np.array(strings.fragments(uniques.tolist()), dtype=object)
+
+    texts = encoded(table).texts(lambda j, v: _fragment(v, strings, as_number[j]), "<c/>", many)
+    for start in range(0, n_rows, ROWS_PER_BLOCK):
+        k = min(ROWS_PER_BLOCK, n_rows - start)
+        frags = np.empty((k, n_cols + 2), dtype=object)
+        frags[:, 0] = [f'<row r="{r}">' for r in range(start + 2, start + 2 + k)]
+        frags[:, -1] = "</row>"
+        frags[:, 1:-1] = texts.block(start, start + k)
+        out.write("".join(frags.ravel().tolist()).encode("utf-8"))
+    tail = "</sheetData>"
+    if n_cols and sheet.autofilter:
+        tail += f'<autoFilter ref="A1:{last}"/>'
+    out.write((tail + "</worksheet>").encode("utf-8"))
+
+
+class Encoded:
+    """A table's columns factorised once, in C: per cell the index of its distinct value in its column.
+
+    Shared by the xlsx and CSV writers of one report (`encoded(table)` keeps the last one), since
+    factorising 50 M cells is the largest single cost of writing the outbox. Note: values Python
+    finds equal (1, 1.0 and True) are one distinct value of a column; the first one seen is written.
+    """
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        values = table.to_numpy(dtype=object, copy=False)
+        n_rows, n_cols = values.shape
+        self.shape = (n_rows, n_cols)
+        self.codes = np.empty((n_rows, n_cols), dtype=np.int32)  # -1: None / NaN / NaT
+        self.uniques: list[np.ndarray] = []
+        self.all_strings: list[bool] = []
+        for j in range(n_cols):
+            c, uniq = pd.factorize(values[:, j], use_na_sentinel=True)
+            self.codes[:, j] = c
+            self.uniques.append(uniq)
+            self.all_strings.append(len(uniq) > 64 and pd.api.types.infer_dtype(uniq) == "string")
+
+    def texts(self, fmt, missing: str, fmt_strings=None) -> "Texts":
+        """Format each distinct value once: `fmt(j, value)`, or `fmt_strings(j, values)` for a column
+        of many distinct strings (IDs, UIDs) handled as a whole."""
+        parts: list[np.ndarray] = [np.array([missing], dtype=object)]
+        offsets = np.empty(len(self.uniques), dtype=np.int64)
+        offset = 1
+        for j, uniq in enumerate(self.uniques):
+            offsets[j] = offset
+            if fmt_strings is not None and self.all_strings[j]:
+                texts = np.asarray(fmt_strings(j, uniq), dtype=object)
+            else:
+                texts = np.empty(len(uniq), dtype=object)
+                for u, v in enumerate(uniq):
+                    texts[u] = fmt(j, v)
+            parts.append(texts)
+            offset += len(uniq)
+        return Texts(self, offsets, np.concatenate(parts))
+
+
+class Texts:
+    """Formatted distinct values of an `Encoded` table; `block(a, b)` gives rows a..b as texts."""
+
+    def __init__(self, enc: Encoded, offsets: np.ndarray, lut: np.ndarray) -> None:
+        self.enc, self.offsets, self.lut = enc, offsets, lut
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        part = self.enc.codes[start:stop].astype(np.int64)
+        idx = part + self.offsets[None, :]
+        idx[part < 0] = 0
+        return self.lut[idx]
+
+
+_LAST_ENCODED: list = []  # [(weakref to the DataFrame, Encoded)]
+
+
+def encoded(table: pd.DataFrame) -> Encoded:
+    """The table's `Encoded` form, computed once per table object (the master sheet is written twice)."""
+    import weakref
+
+    if _LAST_ENCODED:
+        ref, enc = _LAST_ENCODED[0]
+        if ref() is table and enc.shape == table.shape:
+            return enc
+    enc = Encoded(table)
+    if table.size >= 100_000:  # only big tables are worth keeping (and small ones must not evict them)
+        _LAST_ENCODED[:] = [(weakref.ref(table), enc)]
+    return enc
+
+
+_DATE_BASE = _EPOCH.toordinal()
+
+
+def _fragment(v: object, strings: _Strings, as_number: bool) -> str:
+    t = type(v)  # the common cases first, by exact type (this runs once per distinct value)
+    if t is dt.date:
+        return f'<c s="{_S_DATE}"><v>{v.toordinal() - _DATE_BASE}</v></c>'
+    if t is int:
+        return f"<c><v>{v}</v></c>"
+    if t is str and not as_number:
+        return strings.fragment(v)
+    if isinstance(v, str):
+        if as_number and v.isdigit() and len(v) < 10:
+            return f"<c><v>{int(v)}</v></c>"
+        return strings.fragment(v)
+    if isinstance(v, bool):
+        return f'<c t="b"><v>{int(v)}</v></c>'
+    if isinstance(v, (int, np.integer)):
+        return f"<c><v>{int(v)}</v></c>"
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v) or math.isinf(v):
+            return "<c/>"
+        return f"<c><v>{float(v)!r}</v></c>"
+    if isinstance(v, pd.Timestamp):
+        v = v.to_pydatetime()
+    if isinstance(v, dt.datetime):
+        days = (v.replace(tzinfo=None) - dt.datetime(1899, 12, 30)).total_seconds() / 86400
+        return f'<c s="{_S_DATETIME}"><v>{days!r}</v></c>'
+    if isinstance(v, dt.date):
+        return f'<c s="{_S_DATE}"><v>{(v - _EPOCH).days}</v></c>'
+    return strings.fragment(str(v))
+
+
+def _workbook_xml(sheets: Sequence[Sheet]) -> str:
+    entries = "".join(f'<sheet name="{escape(s.title, {chr(34): "&quot;"})}" sheetId="{i}" r:id="rId{i}"/>'
+                      for i, s in enumerate(sheets, start=1))
+    names = "".join(
+        f'<definedName name="_xlnm._FilterDatabase" localSheetId="{i}" hidden="1">'
+        f"'{escape(s.title.replace(chr(39), chr(39) * 2))}'!$A$1:${column_letter(len(s.table.columns))}"
+        f"${len(s.table) + 1}</definedName>"
+        for i, s in enumerate(sheets) if len(s.table.columns) and s.autofilter)
+    defined = f"<definedNames>{names}</definedNames>" if names else ""
+    return (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<workbook {_NS} {_RNS}>'
+            f'<bookViews><workbookView/></bookViews><sheets>{entries}</sheets>{defined}</workbook>')
+
+
+def _workbook_rels(n: int) -> str:
+    rels = "".join(f'<Relationship Id="rId{i}" Type="{_OFFICE}/worksheet" Target="worksheets/sheet{i}.xml"/>'
+                   for i in range(1, n + 1))
+    rels += (f'<Relationship Id="rId{n + 1}" Type="{_OFFICE}/styles" Target="styles.xml"/>'
+             f'<Relationship Id="rId{n + 2}" Type="{_OFFICE}/sharedStrings" Target="sharedStrings.xml"/>')
+    return f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationships xmlns="{_PKG}/relationships">{rels}</Relationships>'
+
+
+def _content_types(n: int) -> str:
+    sheets = "".join(f'<Override PartName="/xl/worksheets/sheet{i}.xml" ContentType="application/'
+                     f'vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>' for i in range(1, n + 1))
+    return (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Types xmlns="{_PKG}/content-types">'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/>'
+            '<Override PartName="/xl/workbook.xml" ContentType="application/'
+            'vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
+            f"{sheets}"
+            '<Override PartName="/xl/styles.xml" ContentType="application/'
+            'vnd.openxmlformats-officedocument.spreadsheetml.styles+xml"/>'
+            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/'
+            'vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>'
+            "</Types>")
