@@ -37,7 +37,7 @@ def write_csv(table: pd.DataFrame, target: Path) -> Path:
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
         out.write(",".join(_csv_text(str(c)) for c in cols) + "\n")
         if cols:
-            texts = encoded(table).texts(lambda _j, v: _csv_value(v), "", _csv_texts)
+            texts = encoded(table).texts(lambda _j, v: _csv_value(v), "", _csv_column)
             for start in range(0, len(table), ROWS_PER_BLOCK):
                 rows = texts.block(start, min(start + ROWS_PER_BLOCK, len(table))).tolist()
                 out.write("".join(",".join(r) + "\n" for r in rows))
@@ -70,12 +70,20 @@ def _csv_cell(v: object) -> object:
     return v
 
 
-def _csv_texts(_j: int, values) -> list:
-    """`_csv_text` for many distinct strings at once: one regex scan finds the few needing quotes."""
-    out = values.tolist()
-    for u in flagged(out, _CSV_SPECIAL):
-        out[u] = _csv_text(out[u])
-    return out
+def _csv_column(_j: int, col, _repeated):
+    """Rows a..b of a text column: the table's own strings; the few a regex scan flags are quoted."""
+    items = col.tolist()
+    fixes = {int(i): _csv_text(items[i]) for i in flagged(items, _CSV_SPECIAL)}
+    rows = sorted(fixes)
+
+    def cells(a: int, b: int):
+        out = col[a:b].reshape(-1, 1).copy() if rows else col[a:b].reshape(-1, 1)
+        for i in rows:
+            if a <= i < b:
+                out[i - a, 0] = fixes[i]
+        return out
+
+    return cells
 
 
 _CSV_SPECIAL = re.compile(r'[,"\r\n]')

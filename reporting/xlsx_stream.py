@@ -119,20 +119,12 @@ _XML_SPACE = " \t\n\r"
 
 
 class _Strings:
-    """The shared-string table. A column of distinct strings is appended as a whole (no look-up);
-    the few values that repeat across columns (markers, header names) may then appear more than
-    once in the table, which the format allows (cells refer to an index, not to a text)."""
+    """The shared-string table: repeated texts (markers, dates' neighbours, header names), deduplicated.
+    Mostly distinct texts (IDs, UIDs) are written inline instead (see `_inline_cells`)."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
         self._index: dict[str, int] = {}
-        self._numbers: list[str] = []  # str(i), reused for every cell that refers to entry i
-
-    def _number(self, i: int) -> str:
-        while len(self._numbers) <= i:
-            n = len(self._numbers)
-            self._numbers.extend(map(str, range(n, max(2 * n, 1024))))
-        return self._numbers[i]
 
     def add(self, value: str) -> tuple[int, bool]:
         """(index of the cleaned text, whether it needs the quote-prefix style), deduplicated."""
@@ -147,23 +139,6 @@ class _Strings:
         i, quoted = self.add(value)
         style = f' s="{_S_QUOTED}"' if quoted else ""
         return f'<c t="s"{style}><v>{i}</v></c>'
-
-    def fragments(self, values: Sequence[str]) -> list[str]:
-        """Cell fragments for many distinct strings: appended in one go, checked with regex scans."""
-        clean = list(values)
-        # NUL itself is illegal, so the join-and-scan sees it; over-long texts by their length
-        long = np.flatnonzero(np.fromiter(map(len, clean), dtype=np.int64, count=len(clean)) > XLSX_MAX)
-        for u in np.union1d(flagged(clean, _ILLEGAL), long).astype(np.int64):
-            clean[u] = xml_text(clean[u])
-        base = len(self.items)
-        self.items.extend(clean)
-        self._number(base + len(clean))
-        nums = self._numbers
-        out = [f'<c t="s"><v>{nums[base + u]}</v></c>' for u in range(len(clean))]
-        for u in flagged(clean, starts="".join(_FORMULA_LEAD)):
-            if formula_like(clean[u]):
-                out[u] = f'<c t="s" s="{_S_QUOTED}"><v>{base + u}</v></c>'
-        return out
 
 
 class _Background:
@@ -255,6 +230,49 @@ def write_workbook(target: Path, sheets: Sequence[Sheet], compresslevel: int = 1
         zf.writestr("[Content_Types].xml", _content_types(len(sheets)))
 
 
+_INLINE = '<c t="inlineStr"><is><t>'
+_INLINE_END = "</t></is></c>"
+
+
+def _inline_cells(col: np.ndarray, repeated: dict[str, str]):
+    """Rows a..b of a text column as (prefix, text, suffix) per cell: inline strings made of the
+    table's own string objects, a shared-string cell for the repeated values (markers); the values
+    a scan flags (XML-illegal characters, & < >, edge spaces, formula-like, over-long) are fixed."""
+    items = col.tolist()
+    fixes: dict[int, tuple[str, str]] = {}
+    long = np.flatnonzero(np.fromiter(map(len, items), dtype=np.int64, count=len(items)) > XLSX_MAX)
+    odd = np.union1d(np.union1d(flagged(items, _ILLEGAL), flagged(items, _NEEDS_ESCAPE)), long)
+    odd = np.union1d(odd, flagged(items, starts=_XML_SPACE + "".join(_FORMULA_LEAD), ends=_XML_SPACE))
+    for i in odd.astype(np.int64):
+        v = items[i]
+        if v in repeated:
+            continue
+        t = xml_text(v)
+        style = f' s="{_S_QUOTED}"' if formula_like(t) else ""
+        space = ' xml:space="preserve"' if t[:1] in _XML_SPACE or t[-1:] in _XML_SPACE else ""
+        fixes[int(i)] = (f'<c t="inlineStr"{style}><is><t{space}>', escape(t))
+    fix_rows = np.array(sorted(fixes), dtype=np.int64)
+
+    def cells(a: int, b: int) -> np.ndarray:
+        block = col[a:b]
+        out = np.empty((b - a, 3), dtype=object)
+        out[:, 0] = _INLINE
+        out[:, 1] = block
+        out[:, 2] = _INLINE_END
+        for value, frag in repeated.items():
+            hit = block == value
+            if hit.any():
+                out[hit, 0] = frag
+                out[hit, 1] = ""
+                out[hit, 2] = ""
+        lo, hi = np.searchsorted(fix_rows, [a, b])
+        for i in fix_rows[lo:hi]:
+            out[i - a, 0], out[i - a, 1] = fixes[int(i)]
+        return out
+
+    return cells
+
+
 def _write_sheet(out, sheet: Sheet, strings: _Strings) -> None:
     table = sheet.table
     cols = [str(c) for c in table.columns]
@@ -280,18 +298,20 @@ def _write_sheet(out, sheet: Sheet, strings: _Strings) -> None:
     head.append(f'<row r="1">{header}</row>')
     out.write("".join(head).encode("utf-8"))
     as_number = [c in sheet.number_columns for c in cols]
-    def many(j: int, uniques: np.ndarray) -> np.ndarray:
-        if as_number[j]:  # Scans: digit strings become numbers
-            return np.array([_fragment(v, strings, True) for v in uniques], dtype=object)
-        return np.array(strings.fragments(uniques.tolist()), dtype=object)
 
-    texts = encoded(table).texts(lambda j, v: _fragment(v, strings, as_number[j]), "<c/>", many)
+    def text_cells(j: int, col: np.ndarray, repeated: list[str]):
+        if as_number[j]:  # digit strings become numbers: one at a time (rare: Scans columns have few values)
+            return lambda a, b: np.array([[_fragment(v, strings, True)] for v in col[a:b]], dtype=object)
+        return _inline_cells(col, {r: strings.fragment(r) for r in repeated})
+
+    texts = encoded(table).texts(lambda j, v: _fragment(v, strings, as_number[j]), "<c/>", text_cells)
     for start in range(0, n_rows, ROWS_PER_BLOCK):
         k = min(ROWS_PER_BLOCK, n_rows - start)
-        frags = np.empty((k, n_cols + 2), dtype=object)
+        cells = texts.block(start, start + k)
+        frags = np.empty((k, cells.shape[1] + 2), dtype=object)
         frags[:, 0] = [f'<row r="{r}">' for r in range(start + 2, start + 2 + k)]
         frags[:, -1] = "</row>"
-        frags[:, 1:-1] = texts.block(start, start + k)
+        frags[:, 1:-1] = cells
         out.write("".join(frags.ravel().tolist()).encode("utf-8"))
     tail = "</sheetData>"
     if n_cols and sheet.autofilter:
@@ -300,56 +320,93 @@ def _write_sheet(out, sheet: Sheet, strings: _Strings) -> None:
 
 
 class Encoded:
-    """A table's columns factorised once, in C: per cell the index of its distinct value in its column.
+    """A table's columns prepared once, shared by the xlsx and CSV writers of one report.
 
-    Shared by the xlsx and CSV writers of one report (`encoded(table)` keeps the last one), since
-    factorising 50 M cells is the largest single cost of writing the outbox. Note: values Python
-    finds equal (1, 1.0 and True) are one distinct value of a column; the first one seen is written.
+    Two kinds of column. Most (dates, day differences, counts, markers) hold few distinct values:
+    they are factorised in C (per cell the index of its value among the column's distinct ones),
+    so each distinct value is formatted once. Columns of text that is mostly distinct (session
+    IDs, UIDs, subjects) are not: factorising them buys nothing, so their cells are written from the
+    table's own string objects (the writers only fix the few values a regex scan flags), and only
+    the values that repeat (the `null` marker) are looked up, by comparison.
+    `encoded(table)` keeps the last one, because factorising is the largest single cost of the
+    outbox. Note: values Python finds equal (1, 1.0 and True) are one distinct value of a column.
     """
 
-    def __init__(self, table: pd.DataFrame) -> None:
-        values = table.to_numpy(dtype=object, copy=False)
-        n_rows, n_cols = values.shape
-        self.shape = (n_rows, n_cols)
-        self.codes = np.empty((n_rows, n_cols), dtype=np.int32)  # -1: None / NaN / NaT
-        self.uniques: list[np.ndarray] = []
-        self.all_strings: list[bool] = []
-        for j in range(n_cols):
-            c, uniq = pd.factorize(values[:, j], use_na_sentinel=True)
-            self.codes[:, j] = c
-            self.uniques.append(uniq)
-            self.all_strings.append(len(uniq) > 64 and pd.api.types.infer_dtype(uniq) == "string")
+    SAMPLE = 2000
 
-    def texts(self, fmt, missing: str, fmt_strings=None) -> "Texts":
-        """Format each distinct value once: `fmt(j, value)`, or `fmt_strings(j, values)` for a column
-        of many distinct strings (IDs, UIDs) handled as a whole."""
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.values = table.to_numpy(dtype=object, copy=False)
+        n_rows, n_cols = self.values.shape
+        self.shape = (n_rows, n_cols)
+        self.text: dict[int, list[str]] = {}  # text column -> its repeated values (few)
+        fact: list[int] = []
+        for j in range(n_cols):
+            repeated = self._text_column(self.values[:, j])
+            if repeated is None:
+                fact.append(j)
+            else:
+                self.text[j] = repeated
+        self.factorised = np.array(fact, dtype=np.int64)
+        self.codes = np.empty((n_rows, len(fact)), dtype=np.int32)  # -1: None / NaN / NaT
+        self.uniques: list[np.ndarray] = []
+        for k, j in enumerate(fact):
+            c, uniq = pd.factorize(self.values[:, j], use_na_sentinel=True)
+            self.codes[:, k] = c
+            self.uniques.append(uniq)
+
+    def _text_column(self, col: np.ndarray) -> list[str] | None:
+        """The values repeated in a sample when `col` is all strings and mostly distinct, else None."""
+        if len(col) < 4 * self.SAMPLE or pd.api.types.infer_dtype(col[: self.SAMPLE], skipna=False) != "string":
+            return None
+        codes, uniq = pd.factorize(col[: self.SAMPLE])
+        if len(uniq) < 0.3 * len(codes) or pd.api.types.infer_dtype(col, skipna=False) != "string":
+            return None
+        counts = np.bincount(codes)
+        top = np.argsort(-counts)[:8]
+        return [uniq[u] for u in top if counts[u] > 1]
+
+    def texts(self, fmt, missing: str, text_prep=None) -> "Texts":
+        """Format each distinct value of the factorised columns once with `fmt(j, value)`;
+        `text_prep(j, column, repeated)` returns, for a text column, a function giving the texts of
+        rows a..b (a 2-D array: a writer may spend several items per cell)."""
         parts: list[np.ndarray] = [np.array([missing], dtype=object)]
         offsets = np.empty(len(self.uniques), dtype=np.int64)
         offset = 1
-        for j, uniq in enumerate(self.uniques):
-            offsets[j] = offset
-            if fmt_strings is not None and self.all_strings[j]:
-                texts = np.asarray(fmt_strings(j, uniq), dtype=object)
-            else:
-                texts = np.empty(len(uniq), dtype=object)
-                for u, v in enumerate(uniq):
-                    texts[u] = fmt(j, v)
+        for k, uniq in enumerate(self.uniques):
+            j = int(self.factorised[k])
+            offsets[k] = offset
+            texts = np.empty(len(uniq), dtype=object)
+            for u, v in enumerate(uniq):
+                texts[u] = fmt(j, v)
             parts.append(texts)
             offset += len(uniq)
-        return Texts(self, offsets, np.concatenate(parts))
+        cells = {j: text_prep(j, self.values[:, j], rep) for j, rep in self.text.items()}
+        return Texts(self, offsets, np.concatenate(parts), cells)
 
 
 class Texts:
-    """Formatted distinct values of an `Encoded` table; `block(a, b)` gives rows a..b as texts."""
+    """Formatted cells of an `Encoded` table; `block(a, b)` gives rows a..b as a 2-D array of texts."""
 
-    def __init__(self, enc: Encoded, offsets: np.ndarray, lut: np.ndarray) -> None:
-        self.enc, self.offsets, self.lut = enc, offsets, lut
+    def __init__(self, enc: Encoded, offsets: np.ndarray, lut: np.ndarray, cells: dict) -> None:
+        self.enc, self.offsets, self.lut, self.cells = enc, offsets, lut, cells
+        self._widths: dict[int, int] | None = None
 
     def block(self, start: int, stop: int) -> np.ndarray:
-        part = self.enc.codes[start:stop].astype(np.int64)
-        idx = part + self.offsets[None, :]
-        idx[part < 0] = 0
-        return self.lut[idx]
+        enc = self.enc
+        text_parts = {j: fn(start, stop) for j, fn in self.cells.items()}
+        widths = np.ones(enc.shape[1], dtype=np.int64)
+        for j, part in text_parts.items():
+            widths[j] = part.shape[1]
+        pos = np.concatenate(([0], np.cumsum(widths)[:-1]))
+        out = np.empty((stop - start, int(widths.sum())), dtype=object)
+        if len(enc.factorised):
+            part = enc.codes[start:stop].astype(np.int64)
+            idx = part + self.offsets[None, :]
+            idx[part < 0] = 0
+            out[:, pos[enc.factorised]] = self.lut[idx]
+        for j, part in text_parts.items():
+            out[:, pos[j]:pos[j] + part.shape[1]] = part
+        return out
 
 
 _LAST_ENCODED: list = []  # [(weakref to the DataFrame, Encoded)]
