@@ -421,7 +421,10 @@ def encoded(table: pd.DataFrame) -> Encoded:
         if ref() is table and enc.shape == table.shape:
             return enc
     enc = Encoded(table)
-    if table.size >= 100_000:  # only big tables are worth keeping (and small ones must not evict them)
+    held = _LAST_ENCODED[0][0]() if _LAST_ENCODED else None
+    # Keep the biggest live table: the report writes the master sheet's xlsx (with smaller sheets
+    # after it) and then its CSV, and a smaller table must not push it out in between.
+    if table.size >= 100_000 and (held is None or table.size >= held.size):
         _LAST_ENCODED[:] = [(weakref.ref(table), enc)]
     return enc
 
