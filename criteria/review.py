@@ -63,9 +63,18 @@ def export_review(catalog: Catalog, out: Path) -> int:
     ws = wb.active
     ws.title = "REVIEW"
     ws.append(COLUMNS)
+    from reporting.sanitise import xlsx_row
+
     for norm, desc, n, mods, first, last in rows:
-        ws.append([desc, norm, n, mods, first, last, None, None])
-    dv = DataValidation(type="list", formula1='"include,exclude"', allow_blank=True)
+        # descriptions come straight from PACS headers: control characters or a leading '=' must not
+        # break or script the workbook (the catalog keeps them as they are)
+        ws.append(xlsx_row(ws, [desc, norm, n, mods, first, last, None, None]))
+    # Excel enforces a list validation only when its error alert is on (openpyxl leaves it off):
+    # "stop" refuses a typed 'yes' or 'inclde' in the cell itself.
+    dv = DataValidation(type="list", formula1='"' + ",".join(DECISIONS) + '"', allow_blank=True,
+                        showErrorMessage=True, errorStyle="stop", errorTitle="Decision",
+                        error="Choose include or exclude from the list (or leave blank to decide later).",
+                        showInputMessage=True, promptTitle="Decision", prompt="include or exclude")
     ws.add_data_validation(dv)
     dv.add(f"G2:G{max(len(rows) + 1, 2)}")
     ws.freeze_panes = "A2"
@@ -82,14 +91,28 @@ def export_review(catalog: Catalog, out: Path) -> int:
 
 @dataclass
 class ImportResult:
+    """What an import did with every row of the workbook: applied (included/excluded) or not,
+    and why not, so no skipped row can hide behind a "left for review" count."""
+
     included: int = 0
     excluded: int = 0
-    undecided: int = 0
+    undecided: int = 0                                        # Decision blank: still open
+    invalid: dict[str, int] = field(default_factory=dict)     # other Decision value → rows
     history_file: Path | None = None
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def not_applied(self) -> int:
+        return self.undecided + sum(self.invalid.values())
+
     def describe(self) -> str:
-        lines = [f"{self.included} included, {self.excluded} excluded, {self.undecided} left for review"]
+        lines = [f"{self.included} included, {self.excluded} excluded; {self.not_applied} row(s) not applied"]
+        if self.undecided:
+            lines.append(f"  {self.undecided} with no decision (still open for review)")
+        if self.invalid:
+            vals = ", ".join(f"{v!r} ×{n}" for v, n in sorted(self.invalid.items()))
+            lines.append(f"  {sum(self.invalid.values())} with a decision other than include/exclude ({vals}; "
+                         "still open for review)")
         if self.history_file:
             lines.append(f"lists history: {self.history_file}")
         lines += [f"warning: {p}" for p in self.problems]
@@ -130,9 +153,11 @@ def import_review(catalog: Catalog, workbook: Path, cfg, decided_by: str = "") -
             result.undecided += 1
             continue
         if decision not in DECISIONS:
+            result.invalid[decision] = result.invalid.get(decision, 0) + 1
             result.problems.append(f"{workbook}:{line}: decision {decision!r} is not include/exclude; skipped")
             continue
         norm = str(row[ni]) if ni is not None and ni < len(row) and row[ni] else normalise(desc)
+
         new_rows.append([norm, None if desc is None else str(desc), decision, decided_by or None, now, str(workbook)])
         if decision == "include":
             result.included += 1

@@ -2,6 +2,8 @@
 
 A reader (or a resumed run) therefore sees either the old file or the whole new one, never
 half of one. Temp names start with `.tmp-` so a sweep can remove leftovers of a killed run.
+Files are owner-only (0600) unless the caller asks otherwise: most of what rtlake writes names
+patients (see ingest.security).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, mode: int = 0o644) -> Iterator[Path]:
+def atomic_path(target: Path, mode: int = 0o600) -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces `target` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -35,16 +37,16 @@ def atomic_path(target: Path, mode: int = 0o644) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+def write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
     with atomic_path(target, mode) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(target: Path, text: str, mode: int = 0o644) -> None:
+def write_text(target: Path, text: str, mode: int = 0o600) -> None:
     write_bytes(target, text.encode("utf-8"), mode)
 
 
-def copy_file(src: Path, target: Path, mode: int = 0o644) -> None:
+def copy_file(src: Path, target: Path, mode: int = 0o600) -> None:
     with atomic_path(target, mode) as tmp:
         shutil.copyfile(src, tmp)
 

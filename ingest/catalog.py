@@ -198,6 +198,31 @@ MIGRATIONS: list[str] = [
         relabelled_at TIMESTAMP NOT NULL
     );
     """,
+    # 4 (issue 13): failure rates for imported lists: the run whose selection a list answers, and/or
+    #    how many studies the batch sent (JSON {"CT": 40, "*": 120}; "*" = all modalities together).
+    """
+    ALTER TABLE failure_imports ADD COLUMN batch_run VARCHAR;
+    ALTER TABLE failure_imports ADD COLUMN attempted VARCHAR;
+    """,
+    # (issue 19): conflicting duplicates, two different files under one SOPInstanceUID (ingest/conflicts.py).
+    """
+    CREATE TABLE IF NOT EXISTS conflicts (
+        conflict_id VARCHAR PRIMARY KEY,  -- hash of (sop, resolution, both sources and digests): a repeat is not a new row
+        sop_uid VARCHAR NOT NULL,
+        study_uid VARCHAR,                -- the study being stored when the conflict was found
+        resolution VARCHAR NOT NULL,      -- kept_stored (a is stored, b was not) | neither_stored (both held back)
+        source_a VARCHAR NOT NULL,        -- file path, store location or PACS instance
+        study_uid_a VARCHAR,
+        sha256_a VARCHAR,
+        source_b VARCHAR NOT NULL,
+        study_uid_b VARCHAR,
+        sha256_b VARCHAR,
+        first_run VARCHAR NOT NULL,
+        last_run VARCHAR NOT NULL,
+        first_seen_at TIMESTAMP NOT NULL,
+        resolved_run VARCHAR              -- neither_stored: the run that stored one version
+    );
+    """,
 ]
 
 

@@ -95,7 +95,10 @@ class XnatStoreConfig(_Section):
     password_env: str = Field("RTLAKE_XNAT_PASSWORD", description="Environment variable holding the password.")
     verify_tls: bool = Field(True, description="Verify TLS certificates.")
     ca_bundle: Path | None = Field(None, description="Custom CA bundle file.")
-    overwrite: Literal["none", "append", "delete"] = Field("none", description="Import overwrite policy.")
+    overwrite: Literal["none", "append", "delete"] = Field(
+        "none", description="A session already in XNAT: 'none' leaves it, 'append' merges new files into it, "
+        "'delete' deletes it and imports the study afresh (also when its label holds another study)."
+    )
     pacs_id: int = Field(1, description="DQR mode: XNAT's PACS id.")
     query_batch: int = Field(200, ge=1, description="DQR mode: rows per batch query.")
     import_batch: int = Field(50, ge=1, description="DQR mode: studies per import call.")
@@ -114,6 +117,18 @@ class XnatStoreConfig(_Section):
     )
     dqr_failures_dir: Path | None = Field(
         None, description="DQR mode: folder for raw failure JSON records; none = <state_dir>/dqr-failures."
+    )
+    # issue 14: XNAT stores against a real XNAT
+    identity: Literal["uid", "label"] = Field(
+        "uid", description="When a session already in XNAT is this study: same label and StudyInstanceUID "
+        "('uid'), or same label under the same subject ('label', for sites whose anonymisation script rewrites UIDs)."
+    )
+    dqr_ae_title: str = Field("", description="DQR mode: AE title of XNAT's own DICOM receiver the PACS sends to.")
+    dqr_port: int = Field(0, ge=0, le=65535, description="DQR mode: port of that DICOM receiver.")
+    dqr_poll_seconds: float = Field(5.0, gt=0, description="DQR mode: seconds between polls of the queue and archive.")
+    dqr_stable_polls: int = Field(
+        2, ge=1, description="DQR mode: polls a pulled session's scan count must stay unchanged to count as arrived "
+        "(used when XNAT's queue entry does not list the series it asked the PACS for)."
     )
 
 
@@ -214,6 +229,29 @@ class LoggingConfig(_Section):
     )
 
 
+class SecurityConfig(_Section):
+    outbox_group: str | None = Field(
+        None, description="Group that may read the EDW outbox (e.g. the EDW service account's group); none = "
+                          "owner-only like everything else rtlake writes (files 0600, folders 0700).",
+    )
+    outbox_mode: str = Field("0640", description="File mode of outbox files when outbox_group is set (octal).")
+
+    @field_validator("outbox_mode")
+    @classmethod
+    def _octal(cls, v: str) -> str:
+        try:
+            m = int(v, 8)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an octal file mode such as '0640'") from None
+        if m & 0o007:
+            raise ValueError(f"{v!r} gives access to every account on the machine; share with a group instead")
+        return v
+
+    @property
+    def outbox_mode_bits(self) -> int:
+        return int(self.outbox_mode, 8)
+
+
 class PseudoConfig(_Section):
     enabled: bool = Field(False, description="Pseudonymise studies on the way into the store.")
     profile: Path | None = Field(None, description="Pseudonymisation profile (TOML); none = built-in default.")
@@ -236,6 +274,7 @@ class Config(_Section):
     harvest: HarvestConfig = HarvestConfig()
     report: ReportConfig = ReportConfig()
     logging: LoggingConfig = LoggingConfig()
+    security: SecurityConfig = SecurityConfig()
     pseudo: PseudoConfig = PseudoConfig()
     rt: RtConfig = RtConfig()
 

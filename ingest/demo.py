@@ -281,7 +281,7 @@ class _Gen:
         return len(plan), n_inst
 
 
-def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
+def generate(out: Path, n_patients: int = 24, seed: int = 7, force: bool = False) -> DemoPaths:
     """Write a deterministic synthetic cohort (folder PACS, side inputs, config) into ``out``.
 
     Replaces whatever a previous ``generate`` wrote there (pacs/, the side inputs, rtlake.toml) and
@@ -289,13 +289,14 @@ def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
 
     Raises:
         ValueError: ``n_patients`` < 1.
-        PermanentError: ``out/pacs`` exists but was not written by this generator (never deleted).
+        PermanentError: ``out`` holds files but no marker of this generator (so it may hold a real
+            cohort list, never overwritten) and ``force`` is not set.
     """
     if n_patients < 1:
         raise ValueError("n_patients must be at least 1")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
+    _clear_previous(out, force)
 
     from pydicom import config as pydicom_config
 
@@ -323,10 +324,10 @@ def generate(out: Path, n_patients: int = 24, seed: int = 7) -> DemoPaths:
     return paths
 
 
-def _clear_previous(out: Path) -> None:
-    pacs = out / "pacs"
-    if pacs.exists() and not (out / MARKER).exists() and any(pacs.iterdir()):
-        raise PermanentError(f"{pacs}: exists and was not written by `rtlake demo-data`; not overwriting it")
+def _clear_previous(out: Path, force: bool = False) -> None:
+    if not force and not (out / MARKER).exists() and any(out.iterdir()):
+        raise PermanentError(f"{out}: not empty and not made by `rtlake demo-data` (no {MARKER} marker); "
+                             "not writing into it (--force to do so anyway)")
     for name in GENERATED:
         p = out / name
         if p.is_dir() and not p.is_symlink():

@@ -340,7 +340,9 @@ def _fetch_study(source, st: StudyRecord, out: Path, dir_t: str, name_t: str, de
             except SourceError as exc:
                 return False, str(exc), placed
         if got.partial:
-            return False, f"partial transfer: received {len(got.files)} of {got.expected} instances", placed
+            why = "".join(f"; {r.target}: {r.reason}" for r in got.refused[:5])  # damaged instances (issue 19)
+            why += "".join(f"; {c.reason}" for c in got.conflicts[:5])
+            return False, f"partial transfer: received {len(got.files)} of {got.expected} instances{why}", placed
         return True, "", placed
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

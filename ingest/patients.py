@@ -157,31 +157,13 @@ def read_cohort(path: Path) -> Cohort:
     nhs_col = _find_column(header, "NHSNumber", "NHS Number", "NHS", "NHSNo")
     if hid_col is None:
         raise InputFileError(path, f"no HospitalID column (columns: {', '.join(header)})", 1)
-    cohort = Cohort()
-    for line, cells in rows:
-        hid = normalise_hospital_id(cells[hid_col] if hid_col < len(cells) else "")
-        if not hid:
-            cohort.problems.append(InputProblem(str(path), line, "blank HospitalID; row skipped"))
-            continue
-        nhs: str | None = None
-        if nhs_col is not None and nhs_col < len(cells):
-            try:
-                nhs = normalise_nhs(cells[nhs_col])
-            except ValueError as exc:
-                cohort.problems.append(
-                    InputProblem(str(path), line, f"{exc}; patient filed as {NN_PREFIX}<hospital id>")
-                )
-        prev = cohort.patients.get(hid)
-        if prev is not None:
-            if prev.nhs_number and nhs and prev.nhs_number != nhs:
-                cohort.problems.append(
-                    InputProblem(str(path), line, "HospitalID repeated with a different NHS number; first kept")
-                )
-                continue
-            if prev.nhs_number and not nhs:
-                continue
-        cohort.patients[hid] = Patient(hid, nhs)
-    return cohort
+    # One rule for the cohort everywhere (lake subjects and the master sheet alike): two different valid
+    # NHS numbers for one hospital ID are never resolved by guessing; see reporting.nhs.
+    from reporting.nhs import resolve_cohort_rows
+
+    return resolve_cohort_rows(str(path), ((ln, c[hid_col] if hid_col < len(c) else "",
+                                            c[nhs_col] if nhs_col is not None and nhs_col < len(c) else "")
+                                           for ln, c in rows))
 
 
 def read_id_list(path: Path, *column_names: str) -> tuple[set[str], list[InputProblem]]:

@@ -45,13 +45,58 @@ def primary_modality(modalities: tuple[str, ...] | list[str]) -> str:
     return mods[0] if mods else "OT"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A file a source had but that is not a whole, well-formed DICOM instance: never stored."""
+
+    target: str  # the file, or the PACS instance, as a person can find it
+    check: str  # the ingest.validate check that failed
+    reason: str  # "damaged DICOM (<check>): <detail>"
+    sop_uid: str = ""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two different files claiming one SOPInstanceUID (never "first wins").
+
+    `resolution` is `kept_stored` (a is what the store already holds, b was not stored) or
+    `neither_stored` (both came in one delivery and both are valid: rtlake does not pick one).
+    """
+
+    sop_uid: str
+    study_uid: str  # the study being stored when the conflict was found
+    resolution: str
+    source_a: str
+    source_b: str
+    study_uid_a: str = ""
+    study_uid_b: str = ""
+    sha256_a: str = ""
+    sha256_b: str = ""
+
+    @property
+    def reason(self) -> str:
+        """For failure rows and log lines: names the instance and the study, never a store path (a lake path
+        holds the subject label); both sources are in the `conflicts` table."""
+        if self.resolution == "kept_stored":
+            return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} is already stored (study "
+                    f"{self.study_uid_a or self.study_uid}) with other content; this copy was not stored")
+        return (f"conflicting duplicate: SOPInstanceUID {self.sop_uid} arrived twice with different content in "
+                f"study {self.study_uid}; neither copy stored until one is removed from the PACS")
+
+
 @dataclass
 class RetrievedStudy:
-    """What a source delivered for one study: DICOM files in a scratch folder."""
+    """What a source delivered for one study: DICOM files in a scratch folder.
+
+    `refused` and `conflicts` are instances the source had but did not hand over (damaged files,
+    two valid versions of one instance); they count as missing, so the study is not complete.
+    """
 
     study: StudyRecord
     files: list[Path] = field(default_factory=list)
     expected: int | None = None
+    refused: list[Refusal] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -79,6 +124,8 @@ class StoredSession:
     files: list["StoredFile"] = field(default_factory=list)
     #: (target, reason) for files of the study that could not be stored; the rest were.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    #: files not stored because another version of the instance is stored (or came with them)
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,21 @@ import concurrent.futures as cf
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import duckdb
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from criteria.normalise import normalise
+from reporting.sanitise import terminal
 from criteria.review import effective_lists
 
 from .catalog import Catalog
@@ -36,6 +40,8 @@ from .config import Config
 from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
 from .lock import run_lock
+from .logsetup import set_run_id
+from .security import loose, private_umask, share_outbox, walk
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
@@ -92,7 +98,8 @@ class RunSummary:
         head = f"rtlake update {self.run_id}: {self.status.upper()}"
         if self.message:
             head += f" — {self.message}"
-        console.print(head, style={"done": "green", "partial": "yellow"}.get(self.status, "red"), soft_wrap=True)
+        console.print(escape(head), style={"done": "green", "partial": "yellow"}.get(self.status, "red"),
+                      soft_wrap=True)
         this = Table(title=f"this run{' (' + self.harvest_mode + ')' if self.harvest_mode else ''}")
         this.add_column("step")
         this.add_column("count", justify="right")
@@ -110,11 +117,11 @@ class RunSummary:
             for c in ("stage", "reason", "count"):
                 t.add_column(c, overflow="fold")
             for stage, reason, n in self.failure_groups:
-                t.add_row(stage, reason, str(n))
+                t.add_row(stage, escape(reason), str(n))
             console.print(t)
-            console.print("see them: rtlake failures list --open  ·  rtlake status", soft_wrap=True)
+            console.print("see them: rtlake failures list  ·  rtlake status", soft_wrap=True)
         for w in self.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
         for p in self.outputs:
             console.print(f"wrote {p}", soft_wrap=True)
 
@@ -129,10 +136,28 @@ def reason_group(reason: str) -> str:
 
 
 def _progress(show: bool) -> Progress:
+    from .logsetup import bars_wanted, err_console
+
+    # stderr, and only to a terminal: stdout carries the summary, a log file wants no bars
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not show, transient=False, console=Console(stderr=True),
+        disable=not bars_wanted(show), transient=False, console=err_console,
     )
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(st: StudyRecord) -> StudyRecord:
+    """The record with lone surrogates (a PACS answer decoded with errors) replaced by U+FFFD.
+
+    Why: DuckDB refuses them, and one bad description must not stop the whole harvest. Control
+    characters stay as the PACS sent them (the catalog keeps raw values; writers sanitise).
+    """
+    fields = {k: _LONE_SURROGATE.sub("\ufffd", v) for k, v in
+              (("study_uid", st.study_uid), ("patient_id", st.patient_id), ("accession", st.accession),
+               ("description", st.description), ("study_id", st.study_id)) if _LONE_SURROGATE.search(v or "")}
+    return replace(st, **fields) if fields else st
 
 
 def uid_has_root(uid: str, root: str) -> bool:
@@ -153,20 +178,27 @@ class UpdateRun:
         self.source: Source | None = None
         self.store: Store | None = None
         self.run_id = catalog.start_run(cfg.source.kind, cfg.store.kind)
+        set_run_id(self.run_id)  # every log line from here on names this run
         self.summary = RunSummary(self.run_id)
         self.today = today or dt.date.today()
         self._placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}
 
     # -- helpers ----------------------------------------------------------------
     def fail(self, stage: str, target: str, reason: str, study_uid: str | None = None,
-             exc: BaseException | None = None, hospital_id: str | None = None) -> None:
-        """Record a failure in the catalog (identified side); the log line names no patient."""
+             exc: BaseException | None = None, hospital_id: str | None = None, log_text: str | None = None) -> None:
+        """Record a failure in the catalog (identified side); the log line names no patient.
+
+        `log_text` replaces the reason in the log when the reason itself carries identifiers
+        (e.g. a cohort row's conflicting NHS numbers)."""
+        said = log_text or reason
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.warning("%s %s: %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
+                        terminal(said))
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, study_uid or ("a patient" if hospital_id else target), reason)
+            log.debug("%s %s (again): %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
+                      terminal(said))
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:
@@ -201,8 +233,8 @@ class UpdateRun:
     def load_patients(self) -> list[str]:
         """Upsert the cohort; returns the hospital IDs to harvest (deceased left out)."""
         cohort = read_cohort(self.cfg.inputs.cohort)
-        for p in cohort.problems:
-            self.fail("inputs", f"{p.path}:{p.line}", p.message)
+        for p in cohort.problems:  # `public`: the same problem without the NHS numbers it names
+            self.fail("inputs", f"{p.path}:{p.line}", p.message, log_text=getattr(p, "public", "") or p.message)
         deceased: set[str] = set()
         if self.cfg.inputs.deceased is not None:
             deceased, problems = read_deceased(self.cfg.inputs.deceased)
@@ -340,7 +372,7 @@ class UpdateRun:
             unreachable_in_a_row = 0
             with self.cat.transaction():
                 for st in studies:
-                    self._upsert_study(hid, st, lists)
+                    self._upsert_study(hid, _storable(st), lists)
                 self.cat.execute("UPDATE patients SET harvested_until = ?, harvested_run = ?, needs_harvest = FALSE "
                                  "WHERE hospital_id = ?", [self.today, self.run_id, hid])
             self.cat.resolve_target(self.run_id, "harvest", target)
@@ -579,6 +611,7 @@ class UpdateRun:
         to_put = []
         for plan, store_plan, files, got in items:
             if self.store.needs_files and not files:
+                self._record_integrity(plan, got, None)
                 self._failed(plan, "retrieve", RtlakeError(
                     f"study {plan.study.study_uid}: source {self.source.name} delivered no files"))
                 self.progress.advance(task)
@@ -612,11 +645,46 @@ class UpdateRun:
                          "AND state <> 'failed'", [self.run_id, uid])
         self.summary.counts["failed"] += 1
 
+    def _record_integrity(self, plan: SessionPlan, got: RetrievedStudy | None, res: StoredSession | None) -> int:
+        """Damaged files the source refused and conflicting duplicates: failure rows (+ `conflicts`).
+
+        Returns how many there were; any makes the study incomplete (retried next run).
+        """
+        from . import conflicts as cf_
+
+        uid = plan.study.study_uid
+        refused = got.refused if got is not None else []
+        found = cf_.against_stored((got.conflicts if got is not None else []), self.store.stored_instances) + \
+            (res.conflicts if res is not None else [])
+        for r in refused:
+            self.fail("retrieve", r.target, r.reason, uid, hospital_id=plan.hospital_id or None)
+        named = [replace(c, source_a=self._origin(c.source_a, c.sop_uid, c.study_uid_a),
+                         source_b=self._origin(c.source_b, c.sop_uid, c.study_uid_b)) for c in found]
+        for c in named:
+            self.fail("store", c.source_b, c.reason, uid, hospital_id=plan.hospital_id or None)
+        cf_.record(self.cat, self.run_id, named)
+        return len(refused) + len(named)
+
+    def _origin(self, where: str, sop: str, study: str) -> str:
+        """A conflict source as a person can find it: scratch copies are named by the PACS instance."""
+        scratch = self.cfg.state_dir / "scratch"
+        if where and Path(where).is_relative_to(scratch):
+            return f"{self.source.name}: SOPInstanceUID {sop} of study {study}"
+        return where
+
     def _stored(self, plan: SessionPlan, res: StoredSession, got: RetrievedStudy | None) -> None:
         uid = plan.study.study_uid
         for target, reason in res.problems:
             self.fail("store", target, reason, uid)
-        partial = got is not None and got.partial
+        damaged = self._record_integrity(plan, got, res)
+        if damaged and not res.files:  # every file was refused or in conflict: nothing to call stored
+            self._failed(plan, "store", RtlakeError(f"study {uid}: nothing stored ({damaged} damaged or "
+                                                    "conflicting files, listed separately)"))
+            return
+        from .conflicts import resolve_stored
+
+        resolve_stored(self.cat, self.run_id, {f.sop_uid for f in res.files})
+        partial = (got is not None and got.partial) or damaged > 0
         with self.cat.transaction() as con:
             # subject/label stay as planned (identifiable) even when the store holds a pseudonymised copy:
             # a later re-ingest must start from the original names, and `location` says where the copy is.
@@ -631,7 +699,12 @@ class UpdateRun:
             else:
                 con.execute("UPDATE studies_seen SET state='ingested', updated_run=? WHERE study_uid=? "
                             "AND state <> 'ingested'", [self.run_id, uid])
-        if partial:
+        if partial and damaged:
+            self.fail("retrieve", uid, f"incomplete: {len(res.files)} instances stored; {damaged} damaged or "
+                                       "conflicting files (listed separately); will retry", uid,
+                      hospital_id=plan.hospital_id or None)
+            self.summary.counts["failed"] += 1
+        elif partial:
             self.fail("retrieve", uid, f"partial transfer: received {len(got.files)} of {got.expected} instances; "
                                        "stored what arrived, will retry", uid, hospital_id=plan.hospital_id or None)
             self.summary.counts["failed"] += 1
@@ -684,8 +757,11 @@ def check_preconditions(cfg: Config) -> None:
         load_key(cfg.pseudo.key_env)
 
 
-def check_writable(folder: Path, what: str) -> str:
-    """Create and remove a probe file in `folder` (made if missing).
+def check_writable(folder: Path, what: str, create: bool = True) -> str:
+    """Create and remove a probe file in `folder` (made if missing, unless `create` is off).
+
+    With `create` off (`rtlake check` changes nothing), a missing folder passes when the nearest
+    existing parent lets us create it.
 
     Raises:
         RunFailed: the folder cannot be created or written.
@@ -693,6 +769,11 @@ def check_writable(folder: Path, what: str) -> str:
     import uuid
 
     folder = Path(folder)
+    if not create and not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+            raise RunFailed(f"{what} {folder} does not exist and cannot be created")
+        return f"{what}: {folder} does not exist yet; it will be created"
     probe = folder / f".rtlake-check-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -723,8 +804,8 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         except (RtlakeError, OSError, ValueError) as exc:
             results.append((name, False, str(exc)))
 
-    attempt("state", lambda: check_writable(cfg.state_dir, "[project] state_dir"))
-    attempt("outbox", lambda: check_writable(Path(cfg.report.outbox), "[report] outbox"))
+    attempt("state", lambda: check_writable(cfg.state_dir, "[project] state_dir", create=False))
+    attempt("outbox", lambda: check_writable(Path(cfg.report.outbox), "[report] outbox", create=False))
 
     def cohort() -> str:
         c = read_cohort(cfg.inputs.cohort)
@@ -742,6 +823,7 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         return src.check()
 
     attempt("source", source)
+    results.extend(_permission_checks(cfg))
     for src in src_holder:
         src.close()
 
@@ -756,6 +838,26 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     return results
 
 
+def _permission_checks(cfg: Config) -> list[tuple[str, bool | None, str]]:
+    """Warn about existing files looser than owner-only where rtlake keeps identifiers."""
+    out: list[tuple[str, bool | None, str]] = []
+    outbox = Path(cfg.report.outbox)
+    places = [("state", Path(cfg.state_dir), {}), ("outbox", outbox, {})]
+    if cfg.security.outbox_group:
+        places[1] = ("outbox", outbox, {outbox: cfg.security.outbox_mode_bits & 0o070 | 0o050})
+    if cfg.store.kind == "lake":
+        places.append(("lake", Path(cfg.store.lake.path), {}))
+    for name, root, allowed in places:
+        bad = loose(walk(root), allowed)
+        if bad:
+            p, m = bad[0]
+            out.append(("perms", None, f"{len(bad)} file(s)/folder(s) under {name} {root} are readable by other "
+                                       f"accounts (e.g. {p.name} is {m:04o}); chmod -R go-rwx {root}"))
+        elif root.exists():
+            out.append(("perms", True, f"{name} {root}: owner-only"))
+    return out
+
+
 def run_update(cfg: Config, show_progress: bool = True, build_report: bool = True, *, full: bool = False,
                patients: list[str] | None = None, today: dt.date | None = None) -> RunSummary:
     """One whole update run under the state-folder lock; always returns its summary with an outcome.
@@ -768,7 +870,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
         ConfigError: the configuration cannot work (checked before anything is touched).
     """
     check_preconditions(cfg)
-    with run_lock(cfg.state_dir):
+    with private_umask(), run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:
             with _progress(show_progress) as progress:
@@ -779,7 +881,15 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
                 except RunFailed as exc:
                     summary.status, summary.message = "failed", str(exc)
                     log.error("run failed: %s", exc)
+                    # kept like every other failure (and cleared by the next run that gets past this point)
+                    run.fail("run", str(exc).split(" ", 1)[0] or "run", str(exc), exc=exc)
                 except KeyboardInterrupt:
+                    summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
+                except (duckdb.InterruptException, RuntimeError) as exc:
+                    if "interrupt" not in str(exc).lower():  # Ctrl-C inside a DuckDB query arrives as this
+                        summary.status = "failed"
+                        cat.finish_run(run.run_id, "failed", summary.counts, f"crashed: {type(exc).__name__}")
+                        raise
                     summary.status, summary.message = "interrupted", "stopped by the operator; run again to resume"
                 except ConfigError:
                     summary.status = "failed"
@@ -814,7 +924,11 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         run.store = open_store(cfg)
     except (RtlakeError, OSError) as exc:
         raise RunFailed(f"cannot open the {'source' if run.source is None else 'store'}: {exc}") from None
+    from .conflicts import stored_instances
+
+    run.store.stored_instances = lambda sops: stored_instances(run.cat, sops)  # issue 19: never first-wins
     run.preflight(run.source, run.store, Path(cfg.report.outbox) if build_report else None)
+    run.cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'run' AND resolved_run IS NULL", [run.run_id])
     try:
         alive = run.load_patients()
     except RtlakeError as exc:
@@ -848,5 +962,7 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         sweep_temp(Path(cfg.report.outbox))
         failpoints.hit("report.write")
         run.summary.outputs = list(build_reports(cfg, run.cat, run.run_id))
+        share_outbox(Path(cfg.report.outbox), run.summary.outputs, cfg.security.outbox_group,
+                     cfg.security.outbox_mode_bits)
         # Failure rates out of line with the historic baseline: a pipeline fault, not bad luck.
         run.summary.warnings += run_warnings(cfg, run.cat, run.run_id)

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from .catalog import Catalog
 from .config import Config
@@ -49,7 +48,9 @@ def gather_status(cfg: Config, n_runs: int = 5) -> dict[str, Any]:
         tables = {r[0] for r in cat.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         conflicts: list[dict] = []
         if "conflicts" in tables:  # duplicate SOPInstanceUIDs with different content (damaged-file checks)
-            conflicts = cat.query_dicts("SELECT * FROM conflicts ORDER BY 1 LIMIT 50")
+            conflicts = cat.query_dicts(
+                "SELECT sop_uid, resolution, source_a, source_b, last_run FROM conflicts WHERE resolved_run IS NULL "
+                "ORDER BY last_run DESC, sop_uid LIMIT 50")
     finally:
         cat.close()
     return {
@@ -64,31 +65,38 @@ def gather_status(cfg: Config, n_runs: int = 5) -> dict[str, Any]:
     }
 
 
-def _table(title: str, rows: list[dict], columns: list[str] | None = None) -> Table:
-    t = Table(title=title)
-    columns = columns or (list(rows[0]) if rows else [])
-    for c in columns:
-        t.add_column(c.replace("_", " "), overflow="fold")
-    for r in rows:
-        t.add_row(*(str(r.get(c, "")) for c in columns))
-    return t
+def print_status(st: dict[str, Any], console: Console, fmt: str = "table") -> None:
+    """Headline lines, then each list through `ingest.output.emit` (fits the terminal; never cuts IDs).
 
+    `fmt="json"` prints the whole status as one JSON object for scripts."""
+    import json as _json
 
-def print_status(st: dict[str, Any], console: Console) -> None:
+    from .output import Column, emit
+
+    if fmt == "json":
+        print(_json.dumps(st, default=str, indent=1, sort_keys=True))
+        return
     lake = st["lake"]
     console.print(f"lake: {lake['subjects']} subjects, {lake['sessions']} sessions, {lake['files']} files"
                   f" ({lake['sessions_pending']} sessions planned, not yet stored)")
     d = st["decisions"]
     console.print("studies seen: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())) if d else "studies seen: 0")
     console.print(f"review queue: {st['review_queue']} descriptions (rtlake review export)")
+    console.file.flush()
     if st["runs"]:
-        console.print(_table("last runs", st["runs"]))
+        emit(st["runs"], [Column("run", "Run"), Column("started", "Started"), Column("status", "Outcome"),
+                          Column("ingested", "Ingested", numeric=True), Column("failed", "Failed", numeric=True),
+                          Column("message", "Message", wrap=True)], "table", title="Last runs")
+    n = sum(g["count"] for g in st["open_failures"])
     if st["open_failures"]:
-        n = sum(g["count"] for g in st["open_failures"])
-        console.print(_table(f"open failures: {n} (rtlake failures list)", st["open_failures"]))
+        emit(st["open_failures"], [Column("stage", "Stage"), Column("reason", "Reason", wrap=True),
+                                   Column("count", "Count", numeric=True)], "table",
+             title=f"open failures: {n} (rtlake failures list)")
     else:
         console.print("open failures: 0")
     if st["relabels"]:
-        console.print(_table("subject relabels (NHS number found or corrected)", st["relabels"]))
+        emit(st["relabels"], ["run", "old_subject", "new_subject", "label", "status"], "table",
+             title="Subject relabels (NHS number found or corrected)")
     if st["conflicts"]:
-        console.print(_table("conflicting duplicates (same SOPInstanceUID, different content)", st["conflicts"]))
+        emit(st["conflicts"], list(st["conflicts"][0]), "table",
+             title="Conflicting duplicates (same SOPInstanceUID, different content)")

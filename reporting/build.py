@@ -32,11 +32,13 @@ from ingest.errors import InputFileError
 from ingest.patients import InputProblem
 
 from . import edw
-from .catalog_source import cohort_subjects, sessions_from_catalog
-from .history import history_rows, import_failure_file
-from .html import failure_modality, write_report
-from .master import FAILURE_COLUMNS, MasterSheet, build_master
-from .nhs import NhsMapping, load_mapping
+from .catalog_source import cohort_notes, cohort_subjects, sessions_from_catalog
+from .dates import parse_date
+from .history import history_rows, import_failure_file, source_files
+from .html import write_report
+from .master import FAILURE_COLUMNS, MasterSheet, build_master, failure_modality
+from .nhs import NhsMapping, load_mapping, public_text
+from .own_failures import OwnFailure, own_failures
 from .rates import RunRate, failure_rates, rate_warnings
 from .refdates import read_reference_dates
 
@@ -51,6 +53,7 @@ FAILURE_SHEET_COLUMNS = [
     ("Study Description", "description"), ("StudyInstanceUID", "study_uid"), ("Study ID", "study_id"),
     ("Modality", "_modality"), ("Status", "status"), ("Category", "category"), ("Note", "category_note"),
     ("First Seen Run", "first_seen_run"), ("Last Seen Run", "last_seen_run"), ("Origin", "origin"),
+    ("Source File", "_sources"),
 ]
 
 
@@ -64,6 +67,8 @@ class ReportData:
     subjects: list[str] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    own: list[OwnFailure] = field(default_factory=list)  # rtlake's own failures (catalog), for the report
+    notes: dict[str, str] = field(default_factory=dict)  # subject → why its row may be empty
 
 
 def _sha(path: Path | None) -> str:
@@ -84,9 +89,15 @@ def _read_refdates(path: Path | None, problems: list[InputProblem]) -> dict[str,
     return ref.dates
 
 
-def _failure_rows(rows: list[dict], mapping: NhsMapping, stored_uids: set[str]) -> list[dict]:
+def _placeholders(cfg: Config) -> list[dt.date]:
+    return [d for d in (parse_date(x) for x in cfg.harvest.placeholder_dates) if d is not None]
+
+
+def _failure_rows(rows: list[dict], mapping: NhsMapping, stored_uids: set[str],
+                  sources: dict[str, list[str]] | None = None) -> list[dict]:
     """History rows for reports: placeholders already out; studies since stored are resolved."""
     out = []
+    sources = sources or {}
     for r in rows:
         if r.get("study_uid") and r["study_uid"] in stored_uids:
             continue
@@ -94,6 +105,8 @@ def _failure_rows(rows: list[dict], mapping: NhsMapping, stored_uids: set[str]) 
         if r.get("hospital_id"):
             r["subject"] = mapping.subject_for(r["hospital_id"])
         r["_modality"] = failure_modality(r)
+        r["_sources"] = "; ".join(sources.get(r.get("record_key", ""), [])) or (
+            f"{r['source_file']}:{r['source_line']}" if r.get("source_file") else None)
         out.append(r)
     return out
 
@@ -119,7 +132,7 @@ def gather_from_catalog(cfg: Config, catalog: Catalog, run_id: str) -> ReportDat
     refdates = _read_refdates(cfg.inputs.reference_dates, problems)
     sessions = sessions_from_catalog(catalog)
     stored = set(sessions["uid"].dropna())
-    failures = _failure_rows(history_rows(catalog), mapping, stored)
+    failures = _failure_rows(history_rows(catalog), mapping, stored, source_files(catalog))
     problems.extend(mapping.problems)
     inputs = {
         "catalog": str(catalog.path),
@@ -127,7 +140,8 @@ def gather_from_catalog(cfg: Config, catalog: Catalog, run_id: str) -> ReportDat
         "reference_dates": _sha(cfg.inputs.reference_dates),
         "dqr_failure_files": str(len(dqr_files)),
     }
-    return ReportData(sessions, refdates, failures, cohort_subjects(catalog), problems, inputs)
+    return ReportData(sessions, refdates, failures, cohort_subjects(catalog), problems, inputs,
+                      own=own_failures(catalog), notes=cohort_notes(catalog, _placeholders(cfg)))
 
 
 def build_reports(cfg: Config, catalog: Catalog, run_id: str | None = None) -> list[Path]:
@@ -171,12 +185,15 @@ def build_from_folder(cfg: Config, folder: Path, out: Path | None = None, run_id
         problems.extend(mapping.problems)
     refdates = _read_refdates(fin.reference_dates, problems)
     placeholders = {dt.date.fromisoformat(d) for d in cfg.harvest.placeholder_dates}
+    own = own_failures(catalog) if catalog is not None else []
     if catalog is not None:
         for p in fin.failure_files:
             problems.extend(import_failure_file(catalog, p, run, mapping=mapping,
                                                 placeholder_dates=cfg.harvest.placeholder_dates).problems)
         rows = history_rows(catalog)
+        sources = source_files(catalog)
     else:
+        sources = {}
         parsed = parse_failure_files(fin.failure_files)
         problems.extend(parsed.problems)
         rows = [{"record_key": r.key, "study_uid": r.study_uid or None, "accession": r.accession or None,
@@ -186,9 +203,10 @@ def build_from_folder(cfg: Config, folder: Path, out: Path | None = None, run_id
                  "status": r.status, "source_file": r.source_file, "source_line": r.source_line, "origin": "csc"}
                 for r in {rec.key: rec for rec in parsed.records}.values() if r.study_date not in placeholders]
     stored = set(fin.sessions["uid"].dropna())
-    data = ReportData(fin.sessions, refdates, _failure_rows(rows, mapping, stored), [], problems,
+    data = ReportData(fin.sessions, refdates, _failure_rows(rows, mapping, stored, sources), [], problems,
                       {"folder": str(folder), "reference_dates": _sha(fin.reference_dates),
-                       "cohort": _sha(fin.cohort), "failure_files": "; ".join(_sha(p) for p in fin.failure_files)})
+                       "cohort": _sha(fin.cohort), "failure_files": "; ".join(_sha(p) for p in fin.failure_files)},
+                      own=own, notes={s: "no sessions or failures in the folder's XNAT listings" for s in refdates})
     rates = failure_rates(catalog, cfg.report.baseline_failure_rate) if catalog is not None else []
     out = Path(out) if out is not None else Path(cfg.report.outbox)
     return write_outputs(cfg, data, run, rates, out, out)
@@ -198,10 +216,11 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
                   outbox: Path, report_dir: Path) -> list[Path]:
     today = dt.date.today()
     for p in data.problems:
-        log.warning("%s", p)
+        log.warning("%s", public_text(p))  # no NHS numbers in logs; the Problems sheet has the full text
     sheet: MasterSheet = build_master(
         data.sessions, data.reference_dates, failures=_failures_long(data.failures),
         slots_per_modality=cfg.report.slots_per_modality, subjects=data.subjects,
+        placeholder_dates=_placeholders(cfg), notes=data.notes,
     )
     table = sheet.rendered()
     fail_table = pd.DataFrame([[r.get(c) for _, c in FAILURE_SHEET_COLUMNS] for r in data.failures],
@@ -221,7 +240,9 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
         "slots": "; ".join(f"{b.prefix}={sheet.slots[b.key]}" for b in sheet.blocks),
         "input_problems": len(data.problems),
         "rate_warnings": "; ".join(warnings) or "none",
-        "markers": "null = no session in this slot / no value; not applicable = no reference date or no session date",
+        "markers": "null = no session in this slot / no value (a session without a date has a null Difference); "
+                   "not applicable = no reference date; Notes = why a subject has nothing to show",
+        "own_failures": f"{sum(1 for f in data.own if f.open)} open, {sum(1 for f in data.own if not f.open)} resolved",
     }
     scans_cols = [c for c in table.columns if " Scans " in c]
     xlsx = edw.write_xlsx(
@@ -233,7 +254,7 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
     html_path = write_report(
         report_dir / edw.dated_name(REPORT_STEM, today, ".html"),
         failures=data.failures, rates=list(rates), warnings=warnings,
-        problems=[str(p) for p in data.problems], run_id=run,
+        problems=[str(p) for p in data.problems], run_id=run, own=data.own,
     )
     log.info("master sheet: %d subjects, %d failures → %s", len(table), len(fail_table), xlsx)
     return [xlsx, master_csv, fail_csv, html_path]

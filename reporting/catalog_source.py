@@ -36,3 +36,52 @@ def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
 
 def cohort_subjects(catalog: Catalog) -> list[str]:
     return [r[0] for r in catalog.execute("SELECT subject FROM patients ORDER BY subject").fetchall()]
+
+
+def cohort_notes(catalog: Catalog, placeholder_dates=()) -> dict[str, str]:
+    """Why a cohort patient may have nothing in the master sheet, by subject.
+
+    The EDW cannot tell "no imaging" from "never queried" from an empty row, so each cohort
+    patient gets the reason its row would be empty; `build_master` shows it only for subjects
+    that indeed have no session and no failure. Reasons, first match wins:
+    deceased and never queried; not harvested yet; harvested, PACS lists no study; only
+    placeholder-dated studies (left out); no study selected (N excluded, N awaiting review, N
+    skipped); selected studies not stored yet (N waiting, N failed).
+    """
+    with catalog._lock:
+        pcols = {r[0] for r in catalog.con.execute("DESCRIBE patients").fetchall()}
+    harvested = "p.harvested_run IS NOT NULL" if "harvested_run" in pcols else "TRUE"
+    dates = sorted({d for d in placeholder_dates if d is not None})
+    ph = ("s.study_date IN (" + ", ".join(f"DATE '{d.isoformat()}'" for d in dates) + ")") if dates else "FALSE"
+    rows = catalog.query_dicts(f"""
+        SELECT p.subject, p.deceased, {harvested} AS harvested,
+               count(s.study_uid) AS seen,
+               count(s.study_uid) FILTER (WHERE {ph}) AS placeholder,
+               count(s.study_uid) FILTER (WHERE s.decision = 'include') AS included,
+               count(s.study_uid) FILTER (WHERE s.decision = 'exclude') AS excluded,
+               count(s.study_uid) FILTER (WHERE s.decision = 'review') AS review,
+               count(s.study_uid) FILTER (WHERE s.decision LIKE 'skip%') AS skipped,
+               count(s.study_uid) FILTER (WHERE s.decision = 'include' AND s.state = 'failed') AS failed
+        FROM patients p LEFT JOIN studies_seen s ON s.hospital_id = p.hospital_id
+        GROUP BY p.subject, p.deceased, harvested""")
+    notes: dict[str, str] = {}
+    for r in rows:
+        dead = "deceased; " if r["deceased"] else ""
+        if r["seen"] == 0:
+            if r["deceased"] and not r["harvested"]:
+                note = "deceased before the first harvest: never queried on PACS"
+            elif not r["harvested"]:
+                note = "not harvested yet: never queried on PACS"
+            else:
+                note = dead + "harvested: PACS lists no study for this patient"
+        elif r["placeholder"] == r["seen"]:
+            note = dead + "only placeholder-dated studies (scheduled, not performed): left out"
+        elif r["included"] == 0:
+            parts = [f"{r[k]} {w}" for k, w in (("excluded", "excluded"), ("review", "awaiting review"),
+                                                 ("skipped", "skipped (verification/placeholder/deceased)")) if r[k]]
+            note = dead + "no study selected: " + ", ".join(parts)
+        else:
+            waiting = r["included"] - r["failed"]
+            note = dead + f"selected studies not stored yet: {waiting} waiting, {r['failed']} failed"
+        notes[r["subject"]] = note
+    return notes

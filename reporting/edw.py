@@ -17,6 +17,7 @@ import pandas as pd
 
 from ingest.atomic import atomic_path
 
+from . import sanitise
 from .xlsx_stream import ROWS_PER_BLOCK, Sheet, encoded, flagged, write_workbook
 
 MASTER_STEM = "master-availability"
@@ -35,7 +36,7 @@ def write_csv(table: pd.DataFrame, target: Path) -> Path:
     """
     cols = list(table.columns)
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
-        out.write(",".join(_csv_text(str(c)) for c in cols) + "\n")
+        out.write(",".join(_csv_text(str(c)) for c in cols) + "\n")  # sanitised in _csv_text
         if cols:
             texts = encoded(table).texts(lambda _j, v: _csv_value(v), "", _csv_column)
             for start in range(0, len(table), ROWS_PER_BLOCK):
@@ -57,10 +58,8 @@ def _csv_value(v: object) -> str:
 
 
 def _csv_cell(v: object) -> object:
-    if v is None:
-        return ""
-    if isinstance(v, float) and v != v:
-        return ""
+    if v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and v != v):
+        return ""  # a missing value is an empty cell, never `nan` / `NaT`
     if isinstance(v, pd.Timestamp):
         v = v.to_pydatetime()
     if isinstance(v, dt.datetime):
@@ -71,7 +70,8 @@ def _csv_cell(v: object) -> object:
 
 
 def _csv_column(_j: int, col, _repeated):
-    """Rows a..b of a text column: the table's own strings; the few a regex scan flags are quoted."""
+    """Rows a..b of a text column: the table's own strings; the few a regex scan flags (control
+    characters, lone surrogates, `,` or `"`) are sanitised and quoted."""
     items = col.tolist()
     fixes = {int(i): _csv_text(items[i]) for i in flagged(items, _CSV_SPECIAL)}
     rows = sorted(fixes)
@@ -86,12 +86,14 @@ def _csv_column(_j: int, col, _repeated):
     return cells
 
 
-_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+# what `_csv_text` changes: quoting, and sanitise's control characters (NUL is found by flagged itself)
+_CSV_SPECIAL = re.compile(r'[,"\r\n\x01-\x08\x0b-\x1f\x7f\ufffe\uffff\ud800-\udfff]')
 
 
 def _csv_text(v: object) -> str:
-    """One field as the csv module writes it (floats as repr; quoted when it holds , " or a line break)."""
-    s = repr(v) if isinstance(v, float) else str(v)
+    """One field as the csv module writes it after `sanitise.csv_value` (control characters and lone
+    surrogates replaced; floats as repr; quoted when it holds , or ")."""
+    s = repr(v) if isinstance(v, float) else sanitise.csv_value(str(v))
     if _CSV_SPECIAL.search(s):
         return '"' + s.replace('"', '""') + '"'
     return s

@@ -4,16 +4,22 @@ The SOP's failure list was a text file someone had to concatenate by hand; forge
 the earlier failures. Here each imported file is remembered by its content hash (importing it
 again adds nothing), each failed study is one `failure_history` row keyed by StudyInstanceUID
 (else accession) with the first and last run that saw it, and each sighting (file, line, run) is
-appended to `failure_sightings`. Scheduled-date placeholders (2099-01-01) are kept but flagged,
-so reports can leave them out as the SOP asks.
+appended to `failure_sightings` (so a row can say every file it was seen in). Scheduled-date
+placeholders (2099-01-01) are kept but flagged, so reports can leave them out as the SOP asks.
+
+A failure list answers a batch of studies someone sent; its failure rate needs that batch's size.
+Each import remembers the run whose selection it answers (`batch_run`, given or inferred from the
+studies it names) and/or how many studies were sent (`attempted`, from `--attempted`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from ingest.patients import InputProblem
 
 from .dates import parse_date
 from .failures import STATUS_BOTH, STATUS_NO_STUDY_ID, STATUS_NO_UID, FailureRecord, parse_failure_file
+from .master import sheet_modality
 from .nhs import NhsMapping
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,9 @@ class ImportResult:
     n_seen_again: int = 0
     problems: list[InputProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    batch_run: str | None = None
+    batch_note: str = ""
+    attempted: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         if self.already_imported:
@@ -60,8 +70,15 @@ def import_failure_file(
     origin: str = "csc",
     placeholder_dates: Sequence[str] = ("2099-01-01",),
     mapping: NhsMapping | None = None,
+    batch_run: str | None = None,
+    attempted: Mapping[str, int] | None = None,
 ) -> ImportResult:
-    """Parse one failure file into the history; problems go to the catalog's failures table too."""
+    """Parse one failure file into the history; problems go to the catalog's failures table too.
+
+    `batch_run`: the update run whose selection this list answers; `attempted`: studies sent, per
+    modality (`{"CT": 40}`) or all together (`{"*": 120}`). With neither, the batch is inferred: the
+    run that selected most of the studies the list names (none when it names none rtlake selected).
+    """
     path = Path(path)
     result = ImportResult(path=path)
     if not path.is_file():
@@ -90,13 +107,41 @@ def import_failure_file(
                 "INSERT INTO failure_sightings VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [key, result.import_id, run_id, str(path), rec.source_line],
             )
+        result.attempted = {k if k == "*" else sheet_modality(k): int(v) for k, v in (attempted or {}).items()}
+        result.batch_run = batch_run
+        if batch_run is None and not result.attempted:
+            result.batch_run, matched = _infer_batch(con, parsed.records)
+            if result.batch_run:
+                result.batch_note = (f"answers the selection of run {result.batch_run} "
+                                     f"({matched} of {len(parsed.records)} records are studies it selected)")
         con.execute(
-            "INSERT INTO failure_imports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [result.import_id, str(path), run_id, now, origin, result.n_records, result.n_new, len(result.problems)],
+            "INSERT INTO failure_imports (import_id, path, run_id, imported_at, origin, n_records, n_new, n_problems,"
+            " batch_run, attempted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [result.import_id, str(path), run_id, now, origin, result.n_records, result.n_new, len(result.problems),
+             result.batch_run, json.dumps(result.attempted, sort_keys=True) if result.attempted else None],
         )
     _record_problems(catalog, run_id, result.problems)
     log.info("%s", result.describe())
     return result
+
+
+def _infer_batch(con, records: Sequence[FailureRecord]) -> tuple[str | None, int]:
+    """The run that selected most of these studies (by UID, else accession), and how many it selected."""
+    runs: Counter[str] = Counter()
+    for rec in records:
+        row = None
+        if rec.study_uid:
+            row = con.execute("SELECT updated_run FROM studies_seen WHERE study_uid = ? AND decision = 'include'",
+                              [rec.study_uid]).fetchone()
+        if row is None and rec.accession:
+            row = con.execute("SELECT updated_run FROM studies_seen WHERE accession = ? AND decision = 'include' "
+                              "ORDER BY updated_run DESC LIMIT 1", [rec.accession]).fetchone()
+        if row is not None and row[0]:
+            runs[row[0]] += 1
+    if not runs:
+        return None, 0
+    run, n = max(runs.items(), key=lambda kv: (kv[1], kv[0]))
+    return run, n
 
 
 def _existing_key(con, rec: FailureRecord) -> str | None:
@@ -117,8 +162,10 @@ def _existing_key(con, rec: FailureRecord) -> str | None:
 
 def _upsert(con, rec: FailureRecord, run_id: str, origin: str, placeholder: bool,
             mapping: NhsMapping | None, now: dt.datetime) -> tuple[str, bool]:
-    subject = mapping.subject_for(rec.hospital_id) if (mapping is not None and rec.hospital_id) else (
-        f"NN_{rec.hospital_id}" if rec.hospital_id else None)
+    if rec.hospital_id:
+        subject = mapping.subject_for(rec.hospital_id) if mapping is not None else f"NN_{rec.hospital_id}"
+    else:  # e.g. a DQR query that found nothing: only its relabel map names the subject
+        subject = rec.subject or None
     key = _existing_key(con, rec)
     values = [rec.study_uid or None, rec.accession or None, rec.study_id or None, rec.hospital_id or None, subject,
               rec.study_date, rec.description or None, "\\".join(rec.modalities) or None]
@@ -162,3 +209,17 @@ def import_failure_files(catalog: Catalog, paths: Iterable[Path], run_id: str, *
 def history_rows(catalog: Catalog, include_placeholders: bool = False) -> list[dict]:
     where = "" if include_placeholders else "WHERE NOT placeholder"
     return catalog.query_dicts(f"SELECT * FROM failure_history {where} ORDER BY subject, study_date, record_key")
+
+
+def source_files(catalog: Catalog) -> dict[str, list[str]]:
+    """record_key → every `file:line` it was seen at, in the order the files were imported."""
+    rows = catalog.execute("""
+        SELECT s.record_key, s.source_file, s.source_line
+        FROM failure_sightings s LEFT JOIN failure_imports i USING (import_id)
+        ORDER BY s.record_key, i.imported_at NULLS LAST, s.rowid""").fetchall()
+    out: dict[str, list[str]] = defaultdict(list)
+    for key, path, line in rows:
+        entry = f"{path}:{line}" if line else str(path)
+        if entry not in out[key]:
+            out[key].append(entry)
+    return dict(out)

@@ -23,6 +23,7 @@ from ingest.errors import InputFileError
 from ingest.patients import InputProblem
 
 from .failures import CATEGORIES
+from .sanitise import xlsx_row
 
 SHEET = "Failures"
 COLUMNS = [
@@ -56,7 +57,7 @@ def export_investigation(catalog: Catalog, out: Path, include_placeholders: bool
     for cell in ws[1]:
         cell.font = Font(bold=True)
     for r in rows:
-        ws.append([r.get(col) for _, col, _ in COLUMNS])
+        ws.append(xlsx_row(ws, [r.get(col) for _, col, _ in COLUMNS]))
     for j, (_, col, width) in enumerate(COLUMNS, start=1):
         ws.column_dimensions[get_column_letter(j)].width = width
         if col == "study_date":

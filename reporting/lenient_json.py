@@ -105,8 +105,15 @@ class LenientParser:
                     j += 2
                     continue
                 if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", t[j + 2 : j + 6] or ""):
-                    out.append(chr(int(t[j + 2 : j + 6], 16)))
+                    code = int(t[j + 2 : j + 6], 16)
                     j += 6
+                    if 0xD800 <= code <= 0xDBFF and t[j : j + 2] == "\\u" and \
+                            re.fullmatch(r"[dD][c-fC-F][0-9a-fA-F]{2}", t[j + 2 : j + 6] or ""):
+                        # a surrogate pair (json.dumps writes astral characters so): one character
+                        code = 0x10000 + ((code - 0xD800) << 10) + (int(t[j + 2 : j + 6], 16) - 0xDC00)
+                        j += 6
+                    # a lone surrogate cannot be stored (UTF-8 only): the replacement character
+                    out.append("\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code))
                     continue
                 out.append(c)
                 j += 1

@@ -9,10 +9,19 @@ aggregate instead of a Python loop per patient. Columns:
     then the failures block: Failure Date i, Failure Difference from Reference Date i, Failure Modality i,
     Failure Accession i, Failure UID i, Failure Description i, Failure Status i
 
+    then Notes
+
 Slots per block = max(configured minimum, most sessions any subject has). Markers, as in the SOP
-sheet: an unused slot holds `null` in every cell; a difference that cannot be computed (no
-reference date, or no session date) is `not applicable`, as is a missing Reference Date.
-Differences are signed days: session date minus RT start, so pre-treatment imaging is negative.
+sheet: an unused slot holds `null` in every cell; a session without a date has `null` as its
+Date and its Difference (as the SOP script writes it); a dated session of a subject with no
+reference date has Difference `not applicable`, as is a missing Reference Date. Differences are
+signed days: session date minus RT start, so pre-treatment imaging is negative.
+
+Scheduled-date placeholders (2099-01-01: booked, never performed) never become sessions or
+failure slots: the SOP's script drops them, and a difference of 28,000 days is noise to the EDW.
+`Notes` says, for a subject with nothing to show, why (never harvested, deceased, only excluded
+studies …), because the EDW cannot otherwise tell "no imaging" from "never queried"; it is
+`null` for every subject with at least one session or failure.
 """
 
 from __future__ import annotations
@@ -43,6 +52,18 @@ def sheet_modality(modality: str | None) -> str:
     """The session-type name used in column headers (PT → PET, as XNAT names PET sessions)."""
     m = (modality or "OT").strip().upper()
     return _ALIASES.get(m, m)
+
+
+def failure_modality(row: dict) -> str:
+    """The session type of a failure-history row (backslash-joined modalities), or `unknown`."""
+    from ingest.records import primary_modality
+
+    mods = [m for m in (row.get("modalities") or "").split("\\") if m]
+    return sheet_modality(primary_modality(mods)) if mods else "unknown"
+
+
+NOTES = "Notes"
+DEFAULT_NOTE = "no sessions or failures on record"
 
 
 @dataclass(frozen=True)
@@ -92,12 +113,13 @@ class MasterSheet:
     blocks: list[Block]
     slots: dict[str, int]
     counts: dict[str, int] = field(default_factory=dict)
+    notes: np.ndarray | None = None  # object: a note per subject, None = no note
 
     @property
     def columns(self) -> list[str]:
         return ["Subject", "Reference Date"] + [
             b.header(label, i) for b in self.blocks for i in range(1, self.slots[b.key] + 1) for label, _, _ in b.fields
-        ]
+        ] + [NOTES]
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -107,7 +129,12 @@ class MasterSheet:
             for i in range(self.slots[b.key]):
                 for label, column, _ in b.fields:
                     cols[b.header(label, i + 1)] = self.grids[b.key][column][:, i]
+        cols[NOTES] = self._notes()
         return pd.DataFrame(cols)
+
+    def _notes(self) -> np.ndarray:
+        n = len(self.subjects)
+        return self.notes if self.notes is not None else np.full(n, None, dtype=object)
 
     def rendered(self) -> pd.DataFrame:
         """Object columns: `datetime.date`, int, str or the null / not applicable markers.
@@ -132,6 +159,7 @@ class MasterSheet:
                     cube[:, :, f] = _dates(g, NULL)
                 elif kind == "diff":
                     cube[:, :, f] = _ints(g, NOT_APPLICABLE)
+                    cube[:, :, f][np.isnat(self.grids[b.key]["date"])] = NULL  # no date, no difference
                 else:
                     vals = g.copy()
                     vals[pd.isna(vals)] = NULL
@@ -141,6 +169,9 @@ class MasterSheet:
             out[:, j:j + k * nf] = cube.reshape(n, k * nf)
             j += k * nf
             del cube
+        notes = self._notes().copy()
+        notes[pd.isna(notes)] = NULL
+        out[:, j] = notes
         return pd.DataFrame(out, columns=cols, dtype=object, copy=False)
 
 
@@ -174,22 +205,34 @@ def build_master(
     subjects: Sequence[str] = (),
     modalities: Sequence[str] | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
+    placeholder_dates: Sequence[dt.date] = (),
+    notes: dict[str, str] | None = None,
 ) -> MasterSheet:
     """Pivot the long session table (LONG_COLUMNS) and failures (FAILURE_COLUMNS) to the wide sheet.
 
     `subjects` adds rows for cohort members with nothing stored yet; every subject in the inputs
     gets a row anyway. `modalities` fixes the block order (default: SOP order, then others).
+    Sessions and failures dated on one of `placeholder_dates` are left out (counted). `notes`
+    gives the reason for subjects that end up with nothing to show (default DEFAULT_NOTE).
     """
     own = con is None
     con = con or duckdb.connect()
     try:
-        return _build(con, sessions, reference_dates, failures, slots_per_modality, subjects, modalities)
+        sheet = _build(con, sessions, reference_dates, failures, slots_per_modality, subjects, modalities,
+                       placeholder_dates)
     finally:
         if own:
             con.close()
+    empty = sum(sheet.used.values()) == 0 if sheet.used else np.ones(len(sheet.subjects), dtype=bool)
+    given = notes or {}
+    sheet.notes = np.array([given.get(s, DEFAULT_NOTE) if e else None for s, e in zip(sheet.subjects, empty)],
+                           dtype=object)
+    sheet.counts["subjects_with_nothing_to_show"] = int(np.sum(empty))
+    return sheet
 
 
-def _build(con, sessions, reference_dates, failures, slots_min, subjects, modalities) -> MasterSheet:
+def _build(con, sessions, reference_dates, failures, slots_min, subjects, modalities,
+           placeholder_dates=()) -> MasterSheet:
     sess = _view(sessions, LONG_COLUMNS)
     fails = _view(failures if failures is not None else pd.DataFrame(columns=list(FAILURE_COLUMNS)), FAILURE_COLUMNS)
     refs = pd.DataFrame({"subject": list(reference_dates.keys()), "ref_date": list(reference_dates.values())})
@@ -202,6 +245,13 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
         CREATE OR REPLACE TEMP TABLE ref AS
         SELECT CAST(subject AS VARCHAR) AS subject, min(CAST(ref_date AS DATE)) AS ref_date
         FROM ref_in GROUP BY 1""")
+    # Placeholder dates are literals built from date objects (isoformat), never from raw text.
+    ph = sorted({d for d in placeholder_dates if d is not None})
+    ph_list = ", ".join(f"DATE '{d.isoformat()}'" for d in ph)
+    placeholder_filter = f"(u.date IS NULL OR u.date NOT IN ({ph_list}))" if ph else "TRUE"
+    n_placeholder = sum(
+        int(con.execute(f"SELECT count(*) FROM {t} WHERE CAST(date AS DATE) IN ({ph_list})").fetchone()[0])
+        for t in ("long_in", "fail_in")) if ph else 0
     # Both inputs go into one numbered table; failures are one more block keyed FAILURE_KEY.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE numbered AS
@@ -222,7 +272,7 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
                                   ORDER BY u.date NULLS LAST, u.uid NULLS LAST, u.session_id NULLS LAST,
                                            u.accession NULLS LAST) AS slot
         FROM u LEFT JOIN ref r USING (subject)
-        WHERE u.subject IS NOT NULL AND u.subject <> ''""")
+        WHERE u.subject IS NOT NULL AND u.subject <> '' AND {placeholder_filter}""")
     most = dict(con.execute("SELECT block, max(slot) FROM numbered GROUP BY block").fetchall())
     mods = list(modalities) if modalities is not None else order_modalities(k for k in most if k != FAILURE_KEY)
     for k in most:
@@ -291,6 +341,7 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
         "sessions": int(len(sess)),
         "failures": int(len(fails)),
         "subjects_with_reference_date": int((~np.isnat(ref_dates)).sum()),
+        "placeholder_sessions_left_out": n_placeholder,
     }
     for name in ("long_in", "fail_in", "ref_in", "extra_in"):
         con.unregister(name)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.atomic import write_text
 
+from . import sanitise
+
 if TYPE_CHECKING:
     from ingest.catalog import Catalog
     from ingest.stores.xnat import XnatStore
@@ -102,7 +104,7 @@ def write_listings(rows_by_type: dict[str, list[dict]], out_dir: Path,
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(t.columns)
         for r in rows:
-            w.writerow(["" if r.get(f) is None else str(r.get(f)) for f in t.fields])
+            w.writerow([sanitise.csv_value("" if r.get(f) is None else str(r.get(f))) for f in t.fields])
         path = out_dir / t.filename
         write_text(path, buf.getvalue())
         files[t.name], counts[t.name] = path, len(rows)

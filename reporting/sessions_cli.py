@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
+
+from ingest.logsetup import err_console
 
 export_app = typer.Typer(help="Export listings in the formats the SOP's downstream steps expect.",
-                         no_args_is_help=True)
-console = Console(stderr=True)
+                         no_args_is_help=True, rich_markup_mode=None)
+console = err_console
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: ./rtlake.toml).")
 
 
 class From(str, Enum):
@@ -26,13 +28,14 @@ class From(str, Enum):
     xnat = "xnat"
 
 
-@export_app.command("sessions")
+@export_app.command("sessions", epilog="--from catalog reads the catalog in [project] state_dir (refuses when "
+                    "there is none); --from xnat reads the project [project] name on the server in [store.xnat] "
+                    "(url, and credentials from the environment variables it names).")
 def sessions(
     config: Optional[Path] = ConfigOpt,
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Folder for MR.csv … XA.csv (default: session-csvs/<today>, a dated folder)."),
-    source: From = typer.Option(From.catalog, "--from", help="Read sessions from rtlake's catalog or from XNAT "
-                                "(server and credentials from store.xnat; project from project.name)."),
+        None, "--out", "-o", help="Folder for MR.csv … XA.csv (default: session-csvs/<today>)."),
+    source: From = typer.Option(From.catalog, "--from", help="Read sessions from the catalog or from XNAT."),
 ) -> None:
     """Write MR.csv, CT.csv, PET.csv, CR.csv, DX.csv, RF.csv, SR.csv and XA.csv (SOP columns)."""
     from ingest.cli import load
@@ -55,7 +58,8 @@ def sessions(
             from ingest.catalog import Catalog
 
             if not cfg.catalog_path.exists():
-                console.print(f"[red]error:[/red] no catalog at {cfg.catalog_path} (run `rtlake update` first)")
+                console.print("[red]error:[/red] " + escape(f"no catalog at {cfg.catalog_path} ([project] "
+                                                           "state_dir); run `rtlake update` first"))
                 raise typer.Exit(1)
             cat = Catalog(cfg.catalog_path, read_only=True)
             try:
@@ -63,6 +67,6 @@ def sessions(
             finally:
                 cat.close()
     except RtlakeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo(result.describe())

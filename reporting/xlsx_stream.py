@@ -16,7 +16,8 @@ over the whole table, and column widths. Rows are numbered; cells carry no `r` r
 in the schema, CT_Cell; readers place them in order, and an empty cell is written as `<c/>`), so one
 fragment serves every cell with the same value.
 
-Text is made safe for XML here, per distinct value: characters XML 1.0 forbids and lone surrogates
+Text is made safe for XML with the rules of reporting/sanitise.py, per distinct value (or per flagged
+value of a text column): characters XML 1.0 forbids and lone surrogates
 become U+FFFD, text is cut to Excel's 32,767-character cell limit, and text Excel would read as a
 formula (=, +, -, @ first, not a number) is stored as text with the quote-prefix style, so it stays
 text when a user edits it.
@@ -35,12 +36,12 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
+from . import sanitise
+
 ROWS_PER_BLOCK = 2000
-XLSX_MAX = 32767
+XLSX_MAX = sanitise.XLSX_MAX
 _EPOCH = dt.date(1899, 12, 30)
-_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_FORMULA_LEAD = ("=", "+", "-", "@")
+_FORMULA_LEAD = sanitise.FORMULA_LEAD
 
 # style indexes (cellXfs below)
 _S_DATE, _S_BOLD, _S_QUOTED, _S_DATETIME = 1, 2, 3, 4
@@ -71,15 +72,9 @@ def column_letter(j: int) -> str:
     return s
 
 
-def xml_text(value: str) -> str:
-    """The characters of a text cell: XML-illegal ones replaced with U+FFFD, cut to Excel's limit."""
-    s = _XML_ILLEGAL.sub("\ufffd", value)
-    return s if len(s) <= XLSX_MAX else s[:XLSX_MAX - 1] + "…"
-
-
-def formula_like(value: str) -> bool:
-    """True when Excel would take the text for a formula (numbers such as -5 or +44 are not)."""
-    return value.startswith(_FORMULA_LEAD) and not _NUMBER.fullmatch(value)
+# One rule for what a cell may hold, shared with every other writer (reporting/sanitise.py).
+xml_text = sanitise.xlsx_text
+formula_like = sanitise.formula_like
 
 
 def flagged(items: Sequence[str], pattern: re.Pattern | None = None, starts: str = "", ends: str = "") -> np.ndarray:

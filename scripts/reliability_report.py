@@ -26,8 +26,8 @@ RESULTS = Path(os.environ.get("RTLAKE_RELIABILITY_RESULTS", REPO / "build" / "re
 
 def run_tests(quick: bool) -> int:
     marker = "not slow and not reliability" if quick else "not slow"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", marker, *sorted(str(p) for p in
-           (REPO / "tests").glob("test_reliability_*.py"))]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", marker, *sorted(str(p) for pattern in
+           ("test_reliability_*.py", "test_damaged_runs.py") for p in (REPO / "tests").glob(pattern))]
     print("$", " ".join(cmd), file=sys.stderr)
     return subprocess.call(cmd, cwd=REPO)
 
@@ -88,6 +88,29 @@ def rows(data: dict) -> list[tuple[str, str, str]]:
                                         f"{gaps} known gap(s) (strict xfail)", _ok(b["tried"] >= 60)))
     else:
         out.append(("Bad-input corpus", "not run", "-"))
+
+    for key, title in (("damaged_folder", "Damaged DICOM, folder PACS (default suite)"),
+                       ("damaged_folder_full", "Damaged DICOM, folder PACS, 24 patients (make test-all)"),
+                       ("damaged_orthanc", "Damaged DICOM, served by Orthanc (default suite)"),
+                       ("damaged_orthanc_full", "Damaged DICOM, served by Orthanc, 24 patients (make test-all)")):
+        d = data.get(key)
+        if not d:
+            out.append((title, "not run", "-"))
+            continue
+        checks = ", ".join(f"{c} {n}" for c, n in d["refused_by_check"].items())
+        if "uploaded" in d:
+            tried = (f"{d['uploaded']} damaged files uploaded, Orthanc refused {d['refused_by_orthanc']} and "
+                     f"served {d['damaged_files']} ({d['kinds']} kinds) beside {d['good_files']} good")
+        else:
+            tried = f"{d['damaged_files']} damaged files ({d['kinds']} kinds) beside {d['good_files']} good"
+        held = d.get("good_held_back", 0)
+        held = f" ({held} held back: another valid version of the instance came too)" if held else ""
+        out.append((title, f"{tried}; good stored byte-identical {d['stored_good_identical']} of "
+                           f"{d['stored_good_identical'] + d.get('good_held_back', 0)}{held}; refused with the "
+                           f"check named {d['refused']} ({checks}); duplicates stored once {d['duplicates']}; "
+                           f"conflicts recorded {d['conflicts_recorded']}; damaged in the lake "
+                           f"{d['damaged_in_lake']}; crashes {d['crashes']}",
+                    _ok(d["damaged_in_lake"] == 0 and d["crashes"] == 0)))
 
     t = data.get("tls")
     out.append(("TLS", "; ".join(f"{k}: {v}" for k, v in t.items() if k != "at") if t else "not run",

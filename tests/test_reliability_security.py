@@ -66,6 +66,7 @@ def _tls_refusal(demo_orthanc, tls_relay, tmp_path) -> tuple[str, object]:
         state, summary, message = tmp_path / "default" / "orthanc", None, str(exc)
     record_output("tls", message)
     if summary is not None:
+        assert summary.status == "failed" and summary.exit_code == 4  # refused at the start-up check
         stored, sops, _ = run_outcome(state)
         assert not stored and not sops
         cat = Catalog(state / "state" / "catalog.duckdb", read_only=True)

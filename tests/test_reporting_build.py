@@ -37,7 +37,7 @@ def test_build_reports_writes_dated_xlsx_and_csv(reporting_env):
     assert a["CT Date 3"] == "null"  # the planned session is not counted
     b = rows["NN_H002"]
     assert (b["PET Date 1"], b["PET Difference from Reference Date 1"]) == ("2024-01-10", "-22")
-    assert (b["MR Date 1"], b["MR Difference from Reference Date 1"]) == ("null", "not applicable")
+    assert (b["MR Date 1"], b["MR Difference from Reference Date 1"]) == ("null", "null")  # session without a date
     c = rows["4010232137"]
     assert c["Reference Date"] == "not applicable"
     assert all(c[f"CT {f} 1"] == "null" for f in ("Date", "ID", "UID", "Scans"))

@@ -48,16 +48,17 @@ def test_known_cohort_equals_hand_written_table():
         expected_cols += [f"Failure Date {i}", f"Failure Difference from Reference Date {i}", f"Failure Modality {i}",
                           f"Failure Accession {i}", f"Failure UID {i}", f"Failure Description {i}",
                           f"Failure Status {i}"]
+    expected_cols.append("Notes")
     expected = [
         ["9434765919", D(2024, 3, 1),
          D(2023, 12, 1), -91, "E0", "1.0", "2", D(2024, 2, 20), -10, "E1", "1.1", "3", D(2024, 4, 1), 31, "E2", "1.2", "1",
          N, N, N, N, N, N, N, N, N, N,
-         N, N, N, N, N, N, N, N, N, N, N, N, N, N],
+         N, N, N, N, N, N, N, N, N, N, N, N, N, N, N],
         ["NN_H002", D(2024, 2, 1),
-         N, NA, "E5", "1.5", "1", N, N, N, N, N, N, N, N, N, N,
+         N, N, "E5", "1.5", "1", N, N, N, N, N, N, N, N, N, N,  # no date: no difference either (null, as the seed)
          D(2024, 1, 10), -22, "E4", "1.4", "2", N, N, N, N, N,
-         D(2024, 1, 15), -17, "PET", "ACC9", "1.9", "PET-CT", "Available on PACS", N, N, N, N, N, N, N],
-        ["NN_H003", NA] + [N] * (15 + 10 + 14),
+         D(2024, 1, 15), -17, "PET", "ACC9", "1.9", "PET-CT", "Available on PACS", N, N, N, N, N, N, N, N],
+        ["NN_H003", NA] + [N] * (15 + 10 + 14) + ["no sessions or failures on record"],
     ]
     assert list(got.columns) == expected_cols
     assert got.values.tolist() == expected
@@ -68,7 +69,7 @@ def test_sop_modalities_always_present_and_pt_named_pet():
     sheet = build_master(_sessions([("NN_1", "PT", "s", D(2024, 1, 1), "E", "u", "1", "t"),
                                     ("NN_1", "RTSTRUCT", "s", D(2024, 1, 2), "E", "v", "1", "t")]), {})
     prefixes = list(dict.fromkeys(c.split(" ")[0] for c in sheet.columns[2:]))
-    assert prefixes == ["MR", "CT", "PET", "CR", "DX", "RF", "SR", "XA", "RTSTRUCT", "Failure"]
+    assert prefixes == ["MR", "CT", "PET", "CR", "DX", "RF", "SR", "XA", "RTSTRUCT", "Failure", "Notes"]
     assert sheet.rendered().loc[0, "PET Date 1"] == D(2024, 1, 1)
 
 
@@ -120,7 +121,7 @@ def test_sheet_from_sop_folder(tmp_path):
     assert (a["CT Date 2"], a["CT Difference from Reference Date 2"]) == ("2024-04-01", "31")
     assert (a["MR Date 1"], a["MR UID 1"]) == ("2024-02-25", "Avanto")  # float subject joined; 4th column by position
     b = rows["NN_H002"]
-    assert (b["CT Date 1"], b["CT Difference from Reference Date 1"], b["CT ID 1"]) == ("null", "not applicable", "XNAT_E00009")
+    assert (b["CT Date 1"], b["CT Difference from Reference Date 1"], b["CT ID 1"]) == ("null", "null", "XNAT_E00009")
     assert (b["RF Date 1"], b["RF ID 1"]) == ("2024-02-02", "null")
     assert b["Failure Accession 1"] == "RX100002" and b["Failure Status 1"] == "no images found"
     assert rows["NN_0012345"]["Failure Accession 1"] == "RX100003"  # leading zeros kept, NN_ label

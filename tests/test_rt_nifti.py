@@ -85,7 +85,9 @@ def test_dose_previews_and_page(decubitus_set):
         png = (folder / "previews" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     page = (folder / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 + 3 and "D95pct_Gy" in page and "SUCCESS" in page
+    # three previews inlined as PNG; the DVH plot is inline SVG with one curve per structure
+    assert page.count("data:image/png;base64,") == 3 and "D95pct_Gy" in page and "SUCCESS" in page
+    assert page.count("<svg") == 1 and all(f'id="series-{n}"' in page for n in range(3))
 
 
 def test_rt_link_command_shows_the_course(decubitus_set):

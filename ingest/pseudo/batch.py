@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..bookkeeping import input_files
 from ..errors import InputFileError
 from .apply import Pseudonymiser, _reason
 from .keys import PseudoKey
@@ -66,7 +67,7 @@ def read_input_list(path: Path) -> list[Path]:
 def _files_under(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return input_files(root)  # a lake session's session.json is not DICOM
 
 
 def run_batch(key: PseudoKey, profile: Profile, uid_root: str, mapping: Path, inputs: list[Path],

@@ -10,24 +10,27 @@ import typer
 pseudo_app = typer.Typer(
     help="Pseudonymise DICOM studies with a secret key (deterministic, references kept) and re-identify.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
-_ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
+_ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: ./rtlake.toml).")
 
 
 def _echo_err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-@pseudo_app.command("run")
+@pseudo_app.command("run", epilog="Key from the environment variable named by [pseudo] key_env; profile, "
+                    "uid_root and mapping table from [pseudo]. Problems are recorded in the catalog in [project] "
+                    "state_dir (stage pseudo) unless --no-catalog.")
 def run(
-    inputs: Optional[list[Path]] = typer.Argument(None, help="Folders (or files) of DICOM and XML to pseudonymise."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the pseudonymised copies (laid out by pseudonyms)."),
+    inputs: Optional[list[Path]] = typer.Argument(None, metavar="[FOLDER]...", help="Folders (or files) of DICOM and XML to pseudonymise."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the pseudonymised copies."),
     list_file: Optional[Path] = typer.Option(
-        None, "--list", help="xlsx or CSV with a column path (or DAMS Patient_Dir_Paths) of folders to do."
+        None, "--list", help="xlsx/CSV with a path (or Patient_Dir_Paths) column."
     ),
     config: Optional[Path] = _ConfigOpt,
-    catalog: bool = typer.Option(True, "--catalog/--no-catalog", help="Record problems in the catalog (stage pseudo)."),
+    catalog: bool = typer.Option(True, "--catalog/--no-catalog", help="Record problems in the catalog."),
 ) -> None:
     """Pseudonymise folders into --out; originals are only read. Exit 1 when any file failed."""
     from ingest.cli import load
@@ -84,9 +87,9 @@ def _record_failures(cfg, problems: list[tuple[str, str]]) -> None:
             cat.close()
 
 
-@pseudo_app.command("lookup")
+@pseudo_app.command("lookup", epilog="Needs the key named by [pseudo] key_env and the [pseudo] mapping table.")
 def lookup(
-    value: str = typer.Argument(..., help="A pseudonym (or an original) to look up: patient, subject, session or UID."),
+    value: str = typer.Argument(..., help="Pseudonym or original: patient, subject, session or UID."),
     config: Optional[Path] = _ConfigOpt,
 ) -> None:
     """Authorised re-identification: needs the project key in the environment and the mapping table.
@@ -117,7 +120,7 @@ def lookup(
         typer.echo(f"{r['kind']}\t{r['original']}\t{r['pseudonym']}")
 
 
-@pseudo_app.command("check")
+@pseudo_app.command("check", epilog="Uses no config file.")
 def check(folder: Path = typer.Argument(..., help="Folder of (pseudonymised) DICOM files.")) -> None:
     """List references (SOP instance, series, frame of reference) that point outside the folder."""
     from .uids import collect_references

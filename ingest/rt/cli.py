@@ -3,58 +3,79 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-rt_app = typer.Typer(help="RT conversion: CT/masks/dose NIfTI, DVHs and previews per patient.", no_args_is_help=True)
+rt_app = typer.Typer(help="RT conversion: CT/masks/dose NIfTI, DVHs and previews per patient.", no_args_is_help=True,
+                     rich_markup_mode=None)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: rtlake.toml if present).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: ./rtlake.toml).")
+
+#: Mask output modes (kept in step with ingest.rt.nifti.MASK_MODES by a test; listed here so
+#: `--help` stays fast and a typo is a usage error).
+MaskMode = Literal["per-roi", "labelmap", "bitmask"]
+
+_CONVERT_EPILOG = """\
+Reads [rt] output and [rt] scheduler; patients come from the lake in [store.lake] path
+(project [project] name), or from --input; failures are recorded in the catalog in
+[project] state_dir (stage rt).
+
+\b
+Details:
+  --masks            per-roi: one NIfTI per structure; labelmap: one
+                     file, one label per structure (overlaps lost);
+                     bitmask: one file, one bit per structure.
+  --supersample N    in-plane supersampling of the dose grid for DVHs
+                     of structures below --supersample-below cc.
+  --plane-tolerance  a contour plane farther than this (mm) from every
+                     CT slice is noted as a warning.
+  --sum-beam-doses   a plan with only per-beam doses on one grid: sum
+                     them instead of stopping at PARTIAL.
+  --scheduler        a Dask scheduler address; default: a local cluster
+                     of --workers processes, one thread each (--serial:
+                     no Dask, for debugging).
+"""
 
 
-@rt_app.command("convert")
+@rt_app.command("convert", epilog=_CONVERT_EPILOG)
 def convert_cmd(
     config: Optional[Path] = ConfigOpt,
     input_dir: Optional[Path] = typer.Option(
-        None, "--input", "-i", help="Folder with one sub-folder of DICOM files per patient (default: the lake)."
-    ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: [rt].output)."),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="Dask scheduler address (default: [rt].scheduler, else a local cluster)."
-    ),
-    workers: int = typer.Option(2, help="Worker processes of the local cluster (1 thread each)."),
-    serial: bool = typer.Option(False, help="Run in this process without Dask (debugging)."),
+        None, "--input", "-i", help="Folder of per-patient DICOM folders (default: the lake)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: [rt] output)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler (default: [rt] scheduler)."),
+    workers: int = typer.Option(2, help="Local cluster worker processes."),
+    serial: bool = typer.Option(False, help="Run in this process without Dask."),
     force: bool = typer.Option(False, "--force", help="Convert again patients whose outputs exist."),
-    patient: Optional[list[str]] = typer.Option(None, "--patient", "-p", help="Only these patients (repeatable)."),
-    masks: str = typer.Option("per-roi", help="Mask output: per-roi | labelmap | bitmask."),
+    patient: Optional[list[str]] = typer.Option(None, "--patient", "-p", metavar="ID",
+                                                 help="Only this patient (repeatable)."),
+    masks: MaskMode = typer.Option("per-roi", help="Mask file layout."),
     compress: bool = typer.Option(True, help="gzip the NIfTI files (.nii.gz)."),
-    supersample: int = typer.Option(1, min=1, max=8, help="In-plane supersampling factor for small structures' DVHs."),
-    supersample_below: float = typer.Option(10.0, help="Supersample structures smaller than this many cc."),
-    plane_tolerance: float = typer.Option(0.05, help="Contour-plane to CT-slice distance (mm) above which a warning is noted."),
-    sum_beam_doses: bool = typer.Option(
-        False, help="When a plan has only per-beam doses (on one grid), sum them instead of stopping at PARTIAL."
-    ),
+    supersample: int = typer.Option(1, min=1, max=8, metavar="1-8", help="DVH supersampling factor."),
+    supersample_below: float = typer.Option(10.0, help="Supersample structures below this (cc)."),
+    plane_tolerance: float = typer.Option(0.05, help="Contour-to-slice distance warning (mm)."),
+    sum_beam_doses: bool = typer.Option(False, help="Sum per-beam doses when no plan dose."),
     previews: bool = typer.Option(True, help="Write a PNG per structure."),
     html: bool = typer.Option(True, help="Write a per-patient HTML page."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only on a terminal)."),
 ) -> None:
     """Convert every patient (lake subject or input sub-folder); failures land in the catalog."""
     from ingest.cli import console, fail, load
+    from rich.markup import escape
+
+    from ingest.logsetup import bars_wanted
 
     from ..catalog import Catalog
     from ..errors import RtlakeError, RunLocked
     from ..lock import run_lock
     from .cohort import jobs_from_folder, jobs_from_lake, run_cohort, run_serial, write_cohort_dvh, write_cohort_status
     from .convert import ConvertOptions, PatientResult
-    from .nifti import MASK_MODES
 
     cfg = load(config)
-    if masks not in MASK_MODES:
-        console.print(f"[red]--masks must be one of {', '.join(MASK_MODES)}[/red]")
-        raise typer.Exit(2)
     out = (output or cfg.rt.output).resolve()
     if input_dir is not None and not input_dir.is_dir():
-        console.print(f"[red]--input {input_dir}: not a folder[/red]")
+        console.print(f"[red]--input {escape(str(input_dir))}: not a folder[/red]")
         raise typer.Exit(2)
     opts = ConvertOptions(mask_mode=masks, compress=compress, supersample=supersample,
                           supersample_below_cc=supersample_below, plane_tol_mm=plane_tolerance,
@@ -86,14 +107,14 @@ def convert_cmd(
                     summary = run_serial(jobs, opts, on_result=record)
                 else:
                     summary = run_cohort(jobs, opts, scheduler=scheduler or cfg.rt.scheduler, n_workers=workers,
-                                         on_result=record, progress=progress)
+                                         on_result=record, progress=bars_wanted(progress))
                 summary.dvh_csv = write_cohort_dvh(out, jobs)
                 write_cohort_status(out, summary)
                 cat.finish_run(run_id, "done", {f"rt_{k}": v for k, v in summary.counts().items()})
             finally:
                 cat.close()
     except RunLocked as exc:
-        fail(exc, 3)
+        fail(exc, 5)  # as `update`: another run holds the lock
     except RtlakeError as exc:
         fail(exc)
     c = summary.counts()
@@ -120,7 +141,7 @@ def _short_paths(text: str) -> str:
     return re.sub(r"(?:/[^\s/:]+)+/([^\s/:]+)", r"…/\1", text)
 
 
-@rt_app.command("link")
+@rt_app.command("link", epilog="Uses no config file; prints JSON on stdout.")
 def link_cmd(
     input_dir: Path = typer.Argument(..., help="A patient's folder of DICOM files."),
 ) -> None:
@@ -129,7 +150,9 @@ def link_cmd(
 
     from .linkage import inventory, select_course
 
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    from ..bookkeeping import input_files
+
+    files = input_files(input_dir)
     inv = inventory(files)
     course = select_course(inv)
     typer.echo(json.dumps({"images_summary": inv.summary(), **course.describe(),

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bookkeeping import input_files
 from ..atomic import write_text
 from .convert import ConvertOptions, PatientJob, PatientResult, convert_patient, patient_dir
+from reporting.sanitise import csv_value
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def jobs_from_folder(input_dir: Path, output: Path) -> list[PatientJob]:
     """One job per sub-folder of `input_dir` (every file below it, recursively)."""
     jobs = []
     for sub in sorted(p for p in Path(input_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f) for f in sub.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = [str(f) for f in input_files(sub)]  # a lake session's session.json is not DICOM
         jobs.append(PatientJob(sub.name, files, str(output)))
     return jobs
 
@@ -118,8 +120,10 @@ def run_cohort(
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from ingest.logsetup import err_console
+
             bar = Progress(TextColumn("rt convert"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.fields[last]}"), transient=False)
+                           TextColumn("{task.fields[last]}"), transient=False, console=err_console)
             bar.start()
             task = bar.add_task("rt", total=len(futures), last="")
         for fut in as_completed(futures):
@@ -183,7 +187,7 @@ def write_cohort_dvh(output: Path, jobs: list[PatientJob]) -> Path | None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([csv_value(v) for v in row] for row in rows)  # ROI names come from the files
     target = Path(output) / "dvh.csv"
     write_text(target, buf.getvalue())
     return target
@@ -196,7 +200,8 @@ def write_cohort_status(output: Path, summary: CohortSummary) -> Path:
     w.writerow(["patient", "status", "files_ready", "skipped", "study_uid", "rois", "problems", "first_problem"])
     for r in summary.results:
         first = f"{r.failures[0].code}: {r.failures[0].reason}" if r.failures else ""
-        w.writerow([r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois, len(r.failures), first])
+        w.writerow([csv_value(v) for v in (r.patient, r.status, r.ready, r.skipped, r.study_uid or "", r.n_rois,
+                                           len(r.failures), first)])
     target = Path(output) / "patients.csv"
     write_text(target, buf.getvalue())
     return target

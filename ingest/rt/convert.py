@@ -30,6 +30,7 @@ from .linkage import inventory, select_course
 from .nifti import safe_name, write_image, write_masks
 from .rasterise import DEFAULT_PLANE_TOL_MM, RoiMask, rasterise_roi
 from .verify import CODES, EXCLUDE, PatientNotes, RtConversionError
+from reporting.sanitise import csv_value
 
 log = logging.getLogger(__name__)
 
@@ -302,14 +303,14 @@ def _write_dvh_csv(folder: Path, patient: str, study: str, dvhs: list[Dvh], spec
     for d in dvhs:
         warn = " | ".join(notes.structures.get(d.roi, {}).get("warnings", []))
         row = [patient, study, d.roi] + [_cell(d.metrics.get(c)) for c in cols[3:-1]] + [warn]
-        w.writerow(row)
+        w.writerow([csv_value(v) for v in row])  # ROI names come from the RTSTRUCT
     write_text(folder / "dvh.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["roi", "dose_gy", "differential_cc", "cumulative_cc"])
     for d in dvhs:
         for b, dv, cv in zip(d.bins_gy, d.differential_cc, d.cumulative_cc):
-            w.writerow([d.roi, f"{b:.4f}", f"{dv:.6f}", f"{cv:.6f}"])
+            w.writerow([csv_value(d.roi), f"{b:.4f}", f"{dv:.6f}", f"{cv:.6f}"])
     write_text(folder / "dvh_curves.csv", buf.getvalue())
 
 

@@ -3,129 +3,173 @@
 Why name by SOPInstanceUID: a retried or resumed transfer then overwrites instead of
 duplicating, and the set of names is exactly the set of instances received (the partial-
 transfer check compares it with what the query promised).
+
+Why validate here: this is the one place every network source (Orthanc REST, DICOMweb, DIMSE
+C-GET and the C-MOVE storage SCP) hands its bytes to, so a damaged instance is refused before it
+is written anywhere, and named (`refused`), whatever protocol brought it. Two different valid
+versions of one instance in one delivery are both held back (`conflicts`, see ingest/conflicts.py).
 """
 
 from __future__ import annotations
 
-import io
-import struct
 import os
 import threading
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import Tag
-
-_WANTED = [Tag("SOPInstanceUID"), Tag("StudyInstanceUID")]
-_LAST_WANTED = 0x0020000D  # StudyInstanceUID: nothing after it is needed to name and check a file
-
-
-def _stop_after_study_uid(tag, vr, length) -> bool:
-    return tag > _LAST_WANTED
-
-
-def read_ids(fp) -> pydicom.Dataset:
-    """Read just enough of a DICOM stream to name and check it.
-
-    Why: a full header parse costs ~2 ms per CT slice and was the bottleneck of study pulls;
-    stopping at (0020,000D) keeps the DICM/meta validation and costs a fraction of that.
-    """
-    return read_partial(fp, stop_when=_stop_after_study_uid, specific_tags=_WANTED)
-
 from ..atomic import TMP_PREFIX
+from ..conflicts import same_instance, sha256
 from ..errors import SourceError
+from ..records import Conflict, Refusal
+from ..validate import DamagedDicom, Verdict, show, valid_uid, validate_bytes, validate_file
 
 
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+def check_study_uid(study_uid: str, pacs: str) -> None:
+    """Refuse to retrieve a study whose UID is not a valid UID (a PACS holding a damaged file lists it).
 
-
-def quick_sop_uid(data: bytes) -> str | None:
-    """MediaStorageSOPInstanceUID from the file meta group (always explicit VR little endian),
-    without building a Dataset; None when the bytes do not look like a well-formed Part 10 file
-    (the caller then falls back to pydicom for a proper diagnosis).
+    Raises:
+        DamagedDicom: with check `uid`, before any request is sent.
     """
-    if len(data) < 140 or data[128:132] != b"DICM":
-        return None
-    pos, end = 132, len(data)
-    while pos + 8 <= end:
-        group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            return None
-        vr = data[pos + 4: pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            length = struct.unpack_from("<I", data, pos + 8)[0]
-            pos += 12
-        else:
-            length = struct.unpack_from("<H", data, pos + 6)[0]
-            pos += 8
-        if elem == 0x0003:
-            uid = data[pos: pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-            return uid or None
-        pos += length
-    return None
+    if not valid_uid(study_uid):
+        raise DamagedDicom(Verdict("uid", f"StudyInstanceUID {show(study_uid)!r} is not a valid UID (digits and "
+                                          f"dots, no leading zeros, at most 64 characters)", study_uid=study_uid),
+                           f"{pacs}: study {show(study_uid)!r}")
 
 
 class ReceivedStudy:
     """Collects the instances of one study under `dest` (thread-safe)."""
 
     def __init__(self, dest: Path, study_uid: str, pacs: str) -> None:
+        check_study_uid(study_uid, pacs)
         self.dest = Path(dest)
         self.dest.mkdir(parents=True, exist_ok=True)
         self.study_uid = study_uid
         self.pacs = pacs
         self._lock = threading.Lock()
         self.sops: dict[str, Path] = {}
+        self._origin: dict[str, str] = {}  # SOP -> where its bytes came from (for conflict rows)
+        self._refused: dict[str, Refusal] = {}
+        self._conflicts: dict[tuple[str, str, str], Conflict] = {}
+        self._held: set[str] = set()  # SOPs held back: two valid versions arrived
+        self._arrivals = 0
         for p in self.dest.glob("*.dcm"):  # a re-try into the same scratch folder keeps what arrived
             self.sops[p.stem] = p
+            self._origin[p.stem] = f"{pacs}: SOPInstanceUID {p.stem} (earlier attempt)"
 
-    def _check(self, ds: pydicom.Dataset, what: str) -> str:
-        sop = str(ds.get("SOPInstanceUID", "") or "")
-        if not sop:
-            raise SourceError(f"{self.pacs}: {what}: an instance has no SOPInstanceUID (malformed dataset; "
-                              f"study {self.study_uid})")
-        got = str(ds.get("StudyInstanceUID", "") or "")
-        if got and got != self.study_uid:
-            raise SourceError(f"{self.pacs}: {what} belongs to study {got}, not the requested {self.study_uid}")
-        return sop
+    # -- what did not make it -----------------------------------------------------------------
+    @property
+    def refused(self) -> list[Refusal]:
+        with self._lock:
+            return list(self._refused.values())
 
-    def add_bytes(self, data: bytes, what: str = "response part") -> str:
-        """Validate one DICOM object held in memory and write it as <SOPInstanceUID>.dcm."""
-        sop = quick_sop_uid(data)
-        if sop is None or self.study_uid.encode() not in data:
-            # slow path: a proper parse says what is wrong (or that the meta header was just unusual)
-            try:
-                ds = read_ids(io.BytesIO(data))
-            except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
-                raise SourceError(f"{self.pacs}: {what}: not a DICOM object ({exc}; study {self.study_uid})") from None
-            sop = self._check(ds, what)
+    @property
+    def conflicts(self) -> list[Conflict]:
+        with self._lock:
+            return list(self._conflicts.values())
+
+    def _refuse(self, v: Verdict, what: str, n: int) -> None:
+        # named by instance when the file says which one it is (stable across retries and runs)
+        if v.sop_uid:
+            target = f"{self.pacs}: SOPInstanceUID {show(v.sop_uid)} of study {self.study_uid}"
+        else:
+            target = f"{self.pacs}: {what} (#{n} of this pull)"
+        with self._lock:  # a repeat (the same file fetched again one by one) is one refusal
+            self._refused.setdefault(f"{target}\x00{v.reason}", Refusal(target, v.check or "", v.reason, v.sop_uid))
+
+    def _check(self, v: Verdict, what: str) -> str:
+        if v.study_uid != self.study_uid:
+            raise SourceError(f"{self.pacs}: {what} belongs to study {show(v.study_uid)}, not the requested "
+                              f"{self.study_uid}")
+        return v.sop_uid
+
+    def _place(self, sop: str, data: bytes | Path, origin: str) -> bool:
+        """Keep one version per SOP; False when this one is not kept (a copy, or a conflict)."""
+        with self._lock:
+            if sop in self._held:
+                return False
+            prev = self.sops.get(sop)
+        if prev is None:
+            return True
+        if same_instance(prev, data):
+            return False
+        c = Conflict(sop, self.study_uid, "neither_stored", self._origin.get(sop, str(prev)), origin,
+                     self.study_uid, self.study_uid, sha256(prev), sha256(data))
+        with self._lock:
+            self._held.add(sop)
+            self.sops.pop(sop, None)
+            self._conflicts[(sop, c.sha256_a, c.sha256_b)] = c
+        Path(prev).unlink(missing_ok=True)
+        return False
+
+    # -- arrivals --------------------------------------------------------------------------------
+    def add_bytes(self, data: bytes, what: str = "response part", verdict: Verdict | None = None) -> str | None:
+        """Validate one DICOM object held in memory and write it as <SOPInstanceUID>.dcm.
+
+        Returns its SOPInstanceUID (also when it is a copy of one already here, or held back as a
+        conflict: see `conflicts`), or None when it was refused as damaged (see `refused`).
+        `verdict` is the caller's own validation of these bytes, when it already has one.
+
+        Raises:
+            SourceError: a whole instance of another study (the PACS answered for the wrong study).
+        """
+        with self._lock:
+            self._arrivals += 1
+            n = self._arrivals
+        v = verdict or validate_bytes(data)
+        if not v.ok:
+            self._refuse(v, what, n)
+            return None
+        sop = self._check(v, what)
+        origin = f"{self.pacs}: {what} (#{n} of this pull)"
+        if not self._place(sop, data, origin):
+            return sop
         target = self.dest / f"{sop}.dcm"
         tmp = self.dest / f"{TMP_PREFIX}{sop}.{threading.get_ident()}"
         tmp.write_bytes(data)
         os.replace(tmp, target)
         with self._lock:
             self.sops[sop] = target
+            self._origin[sop] = origin
         return sop
 
-    def add_file(self, path: Path, what: str = "received file") -> str:
+    def add_file(self, path: Path, what: str = "received file") -> str | None:
         """Validate a file already on disk (e.g. from a C-STORE) and move it to <SOPInstanceUID>.dcm."""
-        try:
-            with open(path, "rb") as fh:
-                ds = read_ids(fh)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+        with self._lock:
+            self._arrivals += 1
+            n = self._arrivals
+        v = validate_file(path)
+        if not v.ok:
             path.unlink(missing_ok=True)
-            raise SourceError(f"{self.pacs}: {what}: not a DICOM object ({exc}; study {self.study_uid})") from None
-        sop = self._check(ds, what)
+            self._refuse(v, what, n)
+            return None
+        try:
+            sop = self._check(v, what)
+        except SourceError:
+            path.unlink(missing_ok=True)
+            raise
+        origin = f"{self.pacs}: {what} (#{n} of this pull)"
+        if not self._place(sop, path, origin):
+            path.unlink(missing_ok=True)
+            return sop
         target = self.dest / f"{sop}.dcm"
         os.replace(path, target)
         with self._lock:
             self.sops[sop] = target
+            self._origin[sop] = origin
         return sop
 
     @property
     def files(self) -> list[Path]:
         with self._lock:
             return sorted(self.sops.values())
+
+    @property
+    def settled(self) -> set[str]:
+        """SOPs received or held back (a held-back conflict is not fetched again one by one)."""
+        with self._lock:
+            return set(self.sops) | self._held
+
+    def nothing(self) -> bool:
+        """True when not one instance arrived, whole or damaged (the pull itself failed)."""
+        with self._lock:
+            return not self.sops and not self._refused and not self._conflicts
+

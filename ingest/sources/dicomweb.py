@@ -133,15 +133,16 @@ class DicomWebSource(QueryLookups, Source):
         uid = study.study_uid
         rec = ReceivedStudy(dest, uid, self.name)
         result = fetch_study_checked(
-            self.transfer, f"study {uid}", study.n_instances, lambda: set(rec.sops),
+            self.transfer, f"study {uid}", study.n_instances, lambda: rec.settled,
             lambda: self.wado.study(uid, rec),
             lambda: self.wado.list_instances(uid),
             lambda sop, series: self.wado.instance(uid, str(series), sop, rec))
-        if not rec.sops:
+        if rec.nothing():
             raise SourceError(f"{self.name}: study {uid}: no instances received")
         if not result.complete:
             log.warning("%s: study %s partial: %s", self.name, uid, result.describe())
-        return RetrievedStudy(study=study, files=rec.files, expected=result.expected)
+        return RetrievedStudy(study=study, files=rec.files, expected=result.expected, refused=rec.refused,
+                              conflicts=rec.conflicts)
 
     def close(self) -> None:
         self.client.session.close()

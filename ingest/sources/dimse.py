@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import StoragePresentationContexts, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
     StudyRootQueryRetrieveInformationModelGet as GET,
@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
 from ..errors import SourceError, SourceUnavailable
 from ..records import RetrievedStudy, StudyRecord
 from ..transfer import Transfer, fetch_study_checked
+from ..validate import show, validate_bytes
 from ._files import ReceivedStudy
 from ._net import NodelayAE, hold_reactor, park_reactor
 from ._query import QueryLookups, StudyQuery, description_matches, dicom_date_range, parse_dicom_date
@@ -33,6 +34,8 @@ from .base import Source
 log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
+#: C-STORE status for a damaged data set (PS3.4 B.2.3: Cxxx "Error: cannot understand"); it is recorded too
+STORE_DAMAGED = 0xC000
 
 
 def _final_status(responses) -> Dataset | None:
@@ -70,27 +73,39 @@ class _MoveRouter:
         self.lock = threading.Lock()
         ae = NodelayAE(ae_title, nodelay, idle_timeout=idle_timeout)
         ae.network_timeout = idle_timeout
-        ae.supported_contexts = StoragePresentationContexts
+        # every transfer syntax, compressed ones too: the lake stores what the PACS holds, as it is,
+        # and each instance is validated on arrival whatever its encoding
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.maximum_pdu_size = 0
         self.server = ae.start_server(("127.0.0.1" if port == 0 else "", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = self.server.server_address[1]
 
     def _on_store(self, event) -> int:
-        uid = str(getattr(event.dataset, "StudyInstanceUID", ""))
+        """Route one incoming instance to the move waiting for its study; a damaged one gets 0xC000.
+
+        The bytes are validated before anything is decoded (a damaged data set must not be parsed
+        by pydicom to find its study), and the refusal is recorded on the study it names.
+        """
+        data = event.encoded_dataset()
+        verdict = validate_bytes(data)
+        uid = verdict.study_uid
         with self.lock:
             rec = self.active.get(uid)
+            if rec is None and not verdict.ok and len(self.active) == 1:
+                rec = next(iter(self.active.values()))  # unreadable study UID, but only one move is running
         if rec is None:
-            log.warning("%s: C-STORE for study %s that no move is waiting for; refused", self.pacs, uid)
+            log.warning("%s: C-STORE for study %s that no move is waiting for; refused", self.pacs, show(uid))
             return 0xA801 if not uid else 0xC000
         try:
-            rec.add_bytes(event.encoded_dataset(), "C-STORE sub-operation")
+            sop = rec.add_bytes(data, "C-STORE sub-operation", verdict)
         except SourceError as exc:
             with self.lock:
                 self.errors.append(str(exc))
             log.warning("%s", exc)
             return 0xC000
-        return 0x0000
+        return STORE_DAMAGED if sop is None else 0x0000
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -214,16 +229,28 @@ class DimseSource(QueryLookups, Source):
                 final = None
                 log.debug("C-FIND error: %s", exc)
             if final is None:
+                why = self._why_no_answer(assoc)
                 self._drop_find_assoc()
-                raise SourceUnavailable(
-                    f"{self.peer}: {what}: no C-FIND response (association dropped or timed out; "
-                    f"is calling AE {self.calling_aet} allowed to query this PACS?)")
+                raise SourceUnavailable(f"{self.peer}: {what}: no C-FIND response ({why})")
             if final != 0x0000:
                 if final >= 0xA000:
                     self._drop_find_assoc()
                 err = SourceUnavailable if final in (0xA700, 0xA701, 0xA702) else SourceError
                 raise err(f"{self.peer}: {what}: C-FIND failed with {status_text(final)}")
             return answers
+
+    def _why_no_answer(self, assoc) -> str:
+        """Why an established association gave no answer. The AE-title hint fits only a PACS that
+        ended the association itself (A-ABORT or release, typical of an unknown calling AE) or
+        kept it open without answering; a dropped connection (reset, closed socket) is the
+        network's doing and says nothing about the AE title."""
+        acse = getattr(assoc, "acse", None)
+        if acse is not None and acse.is_aborted("a-p-abort"):
+            return "connection lost"
+        if acse is not None and acse.is_aborted("a-abort") or assoc.is_released:
+            return (f"the PACS ended the association without answering; is calling AE {self.calling_aet} "
+                    "allowed to query it?")
+        return f"no answer in time; is calling AE {self.calling_aet} allowed to query this PACS?"
 
     def _drop_find_assoc(self) -> None:
         if self._find_assoc is not None:
@@ -349,12 +376,13 @@ class DimseSource(QueryLookups, Source):
             try:
                 data = event.encoded_dataset()
                 self.transfer.throttle.data(len(data))
-                rec.add_bytes(data, "C-STORE sub-operation")
+                sop = rec.add_bytes(data, "C-STORE sub-operation")
             except SourceError as exc:
                 errors.append(str(exc))
                 return 0xC000
-            return 0x0000
+            return STORE_DAMAGED if sop is None else 0x0000
 
+        refused_before = len(rec.refused)
         assoc = self._associate(ae, f"C-GET {what}", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
         try:
             final = _final_status(assoc.send_c_get(ident, GET))
@@ -363,6 +391,11 @@ class DimseSource(QueryLookups, Source):
                 assoc.release()
         if errors and not rec.sops:
             raise SourceError(errors[0])
+        if len(rec.refused) > refused_before and final is not None and final.Status not in (0x0000, 0xB000):
+            # we answered failure to damaged instances: a peer may then end the whole C-GET as failed
+            log.warning("%s: C-GET %s ended with %s after refusing damaged instances", self.peer, what,
+                        status_text(final.Status))
+            return
         self._check_final(final, "C-GET", what, len(rec.sops))
 
     def _c_move(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
@@ -382,6 +415,10 @@ class DimseSource(QueryLookups, Source):
         finally:
             with router.lock:
                 router.active.pop(rec.study_uid, None)
+        if final is not None and rec.refused and final.Status not in (0x0000, 0xB000, 0xA801):
+            log.warning("%s: C-MOVE %s ended with %s after refusing damaged instances", self.peer, what,
+                        status_text(final.Status))
+            return
         if final is not None and final.Status == 0xA801 or (final is not None and final.Status == 0xC000
                                                              and not rec.sops):
             raise SourceError(f"{self.peer}: C-MOVE {what} failed with {status_text(final.Status)}: is the move "
@@ -411,15 +448,16 @@ class DimseSource(QueryLookups, Source):
         if expected is None:
             expected = len(self.transfer.call(list_instances, f"list instances of study {uid}"))
         result = fetch_study_checked(
-            self.transfer, f"study {uid}", expected, lambda: set(rec.sops),
+            self.transfer, f"study {uid}", expected, lambda: rec.settled,
             lambda: self._pull(self._identifier(uid), rec, f"study {uid}"),
             list_instances,
             lambda sop, series: self._pull(self._identifier(uid, str(series), sop), rec, f"instance {sop} of study {uid}"))
-        if not rec.sops:
+        if rec.nothing():
             raise SourceError(f"{self.peer}: study {uid}: no instances received")
         if not result.complete:
             log.warning("%s: study %s partial: %s", self.peer, uid, result.describe())
-        return RetrievedStudy(study=study, files=rec.files, expected=result.expected)
+        return RetrievedStudy(study=study, files=rec.files, expected=result.expected, refused=rec.refused,
+                              conflicts=rec.conflicts)
 
     def close(self) -> None:
         with self._find_lock:

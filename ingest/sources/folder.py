@@ -17,9 +17,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
 
-from ..records import RetrievedStudy, StudyRecord
+from ..conflicts import same_instance, sha256
+from ..records import Conflict, RetrievedStudy, StudyRecord
+from ..validate import show, validate_file
 from .base import Source
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ CREATE TABLE IF NOT EXISTS instances (
     accession VARCHAR, study_date DATE, description VARCHAR, modality VARCHAR, study_id VARCHAR,
     error VARCHAR
 );
+CREATE TABLE IF NOT EXISTS index_version (version INTEGER NOT NULL);
 """
+#: Bump when read_header accepts or refuses differently: every file is then read again once.
+#: 2 (issue 19): files are validated whole (ingest.validate), not just parsed.
+INDEX_VERSION = 2
 
 
 def parse_da(value: object) -> dt.date | None:
@@ -54,31 +59,26 @@ def parse_da(value: object) -> dt.date | None:
 
 
 def read_header(path: Path) -> dict:
-    """The study-level tags of one file.
+    """The study-level tags of one file, once it has passed every check of ingest.validate.
 
     Raises:
-        ValueError: not DICOM, truncated, or without the UIDs a study needs.
+        ValueError: not a whole, well-formed DICOM instance; the message names the check that failed.
     """
     try:
-        # One pass over the whole file with large values deferred (not read): enough to see a
-        # file cut short, which pydicom otherwise reads quietly.
-        ds = pydicom.dcmread(path, defer_size=256)
-        _check_complete(ds, os.path.getsize(path))
-        # Values are parsed lazily: a lying VR or length only shows when read, so read them here.
-        missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID") if not str(ds.get(k, "")).strip()]
-    except InvalidDicomError:
-        raise ValueError("not a DICOM file (no DICM preamble)") from None
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on truncated data
+        verdict = validate_file(path)
+    except OSError as exc:
+        raise ValueError(f"unreadable file: {exc.strerror or exc}") from None
+    if not verdict.ok:
+        raise ValueError(verdict.reason)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except Exception as exc:  # noqa: BLE001 - validated, so this would be a value pydicom cannot decode
         raise ValueError(f"unreadable DICOM: {type(exc).__name__}: {exc}") from None
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
     return {
         "patient_id": str(ds.get("PatientID", "")).strip(),
-        "study_uid": str(ds.StudyInstanceUID).strip(),
-        "series_uid": str(ds.get("SeriesInstanceUID", "")).strip(),
-        "sop_uid": str(ds.SOPInstanceUID).strip(),
+        "study_uid": verdict.study_uid,
+        "series_uid": verdict.series_uid,
+        "sop_uid": verdict.sop_uid,
         "accession": str(ds.get("AccessionNumber", "") or "").strip(),
         "study_date": parse_da(ds.get("StudyDate")),
         "description": str(ds.get("StudyDescription", "") or "").strip(),
@@ -87,19 +87,14 @@ def read_header(path: Path) -> dict:
     }
 
 
-def _check_complete(ds: pydicom.Dataset, size: int) -> None:
-    """Refuse a file cut short (a copy interrupted mid-transfer).
-
-    Raises:
-        ValueError: an element's declared length runs past the end of the file.
-    """
-    from pydicom.dataelem import RawDataElement
-
-    for raw in ds._dict.values():  # top level only; values still raw, so lengths are as written
-        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
-            continue
-        if raw.value_tell + raw.length > size or (raw.value is not None and len(raw.value) < raw.length):
-            raise ValueError(f"truncated: element {raw.tag} needs {raw.length} bytes, the file ends first")
+def _storable_path(full: str) -> str | None:
+    """The path as text the catalog can hold, or None when the name is not valid UTF-8 (the OS
+    hands such names over with lone surrogates, which DuckDB refuses)."""
+    try:
+        full.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return full
 
 
 class FolderSource(Source):
@@ -109,6 +104,11 @@ class FolderSource(Source):
         index_path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(index_path))
         self.con.execute(_SCHEMA)
+        if (self.con.execute("SELECT max(version) FROM index_version").fetchone()[0] or 0) != INDEX_VERSION:
+            # rows read under older rules may hold files those rules let through: read everything again
+            self.con.execute("DELETE FROM instances")
+            self.con.execute("DELETE FROM index_version")
+            self.con.execute("INSERT INTO index_version VALUES (?)", [INDEX_VERSION])
         self._indexed = False
         # The run fetches studies from worker threads; one DuckDB connection serves one call at a time.
         self._lock = threading.RLock()
@@ -123,6 +123,7 @@ class FolderSource(Source):
         known = {p: (s, m) for p, s, m in self.con.execute("SELECT path, size, mtime_ns FROM instances").fetchall()}
         seen: set[str] = set()
         todo: list[tuple[str, int, int]] = []
+        bad_names: list[tuple[str, int, int]] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for fn in sorted(filenames):
@@ -130,6 +131,12 @@ class FolderSource(Source):
                     continue
                 full = os.path.join(dirpath, fn)
                 st = os.stat(full)
+                if _storable_path(full) is None:
+                    full = os.fsencode(full).decode("utf-8", "backslashreplace")
+                    seen.add(full)
+                    if known.get(full) != (st.st_size, st.st_mtime_ns):
+                        bad_names.append((full, st.st_size, st.st_mtime_ns))
+                    continue
                 seen.add(full)
                 if known.get(full) != (st.st_size, st.st_mtime_ns):
                     todo.append((full, st.st_size, st.st_mtime_ns))
@@ -145,6 +152,8 @@ class FolderSource(Source):
                 rows.append((full, size, mtime, None, None, None, None, None, None, None, None, None, str(exc)))
             if task is not None:
                 progress.advance(task)
+        rows += [(full, size, mtime, None, None, None, None, None, None, None, None, None,
+                  "file name is not valid UTF-8 (rename the file)") for full, size, mtime in bad_names]
         with self._lock:
             self.con.execute("BEGIN")
             # Bulk through a DataFrame: DuckDB's executemany goes row by row and is ~100x slower.
@@ -230,12 +239,36 @@ class FolderSource(Source):
         return list(self._studies("accession = ?", [accession]))
 
     def retrieve(self, study: StudyRecord, dest: Path) -> RetrievedStudy:
-        """The files stay where they are: stores copy, they never move their input."""
+        """The files stay where they are: stores copy, they never move their input.
+
+        Damaged files were refused at indexing (they are `failures()`, named by path). Several files
+        with one SOPInstanceUID are one instance when byte-identical (the first path is handed out);
+        valid files with other content under one SOPInstanceUID are all held back as a conflict
+        (ingest/conflicts.py), so the study counts as incomplete until one is removed.
+        """
         self._ensure_index()
-        paths = [Path(r[0]) for r in self._rows(
-            "SELECT path FROM instances WHERE error IS NULL AND study_uid = ? ORDER BY path", [study.study_uid])]
-        present = [p for p in paths if p.is_file()]
-        return RetrievedStudy(study=study, files=present, expected=study.n_instances or len(paths))
+        rows = self._rows("SELECT path, sop_uid FROM instances WHERE error IS NULL AND study_uid = ? "
+                          "ORDER BY sop_uid, path", [study.study_uid])
+        by_sop: dict[str, list[Path]] = {}
+        for path, sop in rows:
+            by_sop.setdefault(sop, []).append(Path(path))
+        files: list[Path] = []
+        conflicts: list[Conflict] = []
+        for sop, paths in by_sop.items():
+            present = [p for p in paths if p.is_file()]
+            if not present:
+                continue
+            first, others = present[0], present[1:]
+            differ = [p for p in others if not same_instance(first, p)]
+            if not differ:
+                files.append(first)
+                continue
+            log.warning("%s: SOPInstanceUID %s of study %s: %d files with different content; none stored",
+                        self.name, show(sop), study.study_uid, len(differ) + 1)
+            digest = sha256(first)
+            conflicts += [Conflict(sop, study.study_uid, "neither_stored", str(first), str(p), study.study_uid,
+                                   study.study_uid, digest, sha256(p)) for p in differ]
+        return RetrievedStudy(study=study, files=sorted(files), expected=len(by_sop), conflicts=conflicts)
 
     def close(self) -> None:
         self.con.close()

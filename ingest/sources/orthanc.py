@@ -39,6 +39,7 @@ class OrthancSource(QueryLookups, Source):
         self.wado = WadoRs(client, dicomweb_root or f"{self.url}/dicom-web")
         self._ids: dict[str, str] = {}  # StudyInstanceUID -> Orthanc study ID, filled by queries
         self._hashed: bool | None = None  # patient IDs are SHA-1 of PatientID (checked once)
+        self.change_page = 1000
 
     @classmethod
     def from_config(cls, cfg) -> "OrthancSource":
@@ -46,7 +47,9 @@ class OrthancSource(QueryLookups, Source):
         transfer = Transfer.from_config(cfg.source.transfer, cfg.source.name)
         session = make_session(sec, transfer.concurrency)
         client = HttpClient(session, transfer, cfg.source.name, env_hint(sec), tls_section="[source.orthanc]")
-        return cls(sec.url, client, name=cfg.source.name, retrieve=sec.retrieve, series_details=sec.series_details)
+        src = cls(sec.url, client, name=cfg.source.name, retrieve=sec.retrieve, series_details=sec.series_details)
+        src.change_page = cfg.harvest.change_log_page
+        return src
 
     # -- health and change log ---------------------------------------------------------------
     def check(self) -> str:
@@ -56,7 +59,7 @@ class OrthancSource(QueryLookups, Source):
             raise SourceError(f"{self.name}: GET /system: unexpected answer (not an object)")
         return f"{self.name}: Orthanc {info.get('Version', '?')} ({info.get('Name', '?')}) at {self.url}"
 
-    def changes(self, cursor: str | None, cohort: set[str], page: int = 1000,
+    def changes(self, cursor: str | None, cohort: set[str], page: int | None = None,
                 max_lookups: int | None = None) -> ChangeFeed:
         """Cohort patients with new or changed resources since `cursor`, from Orthanc's change log.
 
@@ -69,6 +72,7 @@ class OrthancSource(QueryLookups, Source):
         (cleared with DELETE /changes), or when resolving would cost more requests than listing
         every patient.
         """
+        page = page or self.change_page
         requests = 0
         start = self.client.json("GET", f"{self.url}/changes?last", "GET /changes?last")
         requests += 1
@@ -327,14 +331,15 @@ class OrthancSource(QueryLookups, Source):
                 self.wado.study(uid, rec)
 
         result = fetch_study_checked(
-            self.transfer, f"study {uid}", expected, lambda: set(rec.sops), fetch_all,
+            self.transfer, f"study {uid}", expected, lambda: rec.settled, fetch_all,
             list_instances, lambda sop, iid: self._instance_file(iid, uid, rec))
-        if not rec.sops:
+        if rec.nothing():
             raise SourceError(f"{self.name}: study {uid}: no instances received")
         expected = result.expected if result.expected is not None else expected
         if not result.complete:
             log.warning("%s: study %s partial: %s", self.name, uid, result.describe())
-        return RetrievedStudy(study=study, files=rec.files, expected=expected)
+        return RetrievedStudy(study=study, files=rec.files, expected=expected, refused=rec.refused,
+                              conflicts=rec.conflicts)
 
     def close(self) -> None:
         self.client.session.close()

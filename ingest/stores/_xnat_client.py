@@ -52,7 +52,17 @@ class XnatSettings:
 
 
 class _Relogin(Exception):
-    """Internal: the server said 401 to a logged-in session."""
+    """Internal: the server no longer knows our session (401, or we were quietly made the guest user)."""
+
+
+class XnatConflict(StoreError):
+    """XNAT refused an import because of what it already holds (409, or 400 from the DICOM-zip
+    importer): the caller re-reads the label before deciding what it means."""
+
+
+#: Words of PrearcSessionArchiver's conflict messages, for sites whose importer answers them with 400.
+_CONFLICT_WORDS = ("already exists", "invalid modification of session", "matching files",
+                   "already contains a scan")
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -75,12 +85,23 @@ def _body_of(exc: BaseException) -> str:
 
 
 class XnatClient:
-    """Lazily connected xnatpy session plus the retry/re-login/error-naming policy."""
+    """Lazily connected xnatpy session plus the retry/re-login/error-naming policy.
+
+    Logging in is done here, with one `PUT /data/services/auth` whose status we can see (xnatpy
+    turns every non-200 into the same error and would make us ask twice). A refusal — 401, 403,
+    or the 500 XNAT answers a wrong password with — is remembered: every later call of the run
+    fails at once with the same message and no further login is tried, so a wrong password
+    costs one failed login, not one per study (enough to lock an account).
+    """
 
     def __init__(self, settings: XnatSettings) -> None:
         self.s = settings
         self._session: Any = None
-        self.logins = 0
+        self.logins = 0  # successful logins
+        self.login_attempts = 0  # password logins sent
+        self.refused: str | None = None  # why XNAT refused our credentials, once it has
+        self.user: str | None = None
+        self._from_netrc = False
         # xnatpy logs request URLs (with subject labels) at debug/verbose level, and chats at warning
         # level about cookies; our own messages say what matters.
         self._xlog = logging.getLogger(f"{__name__}.xnatpy")
@@ -96,33 +117,57 @@ class XnatClient:
         user = secret_from_env(self.s.username_env, "XNAT user")
         password = secret_from_env(self.s.password_env, "XNAT password")
         if user is None and password is None:
+            self._from_netrc = True
             return _from_netrc(self.url)
         return user, password
 
-    def _login_status(self, user: str, password: str) -> int | None:
-        """HTTP status of one login request (XNAT's `PUT /data/services/auth`); None when unreachable."""
+    def _where(self) -> str:
+        return "~/.netrc" if self._from_netrc else f"${self.s.username_env} / ${self.s.password_env}"
+
+    def _login(self, user: str, password: str) -> str:
+        """One password login; the JSESSION id, or an error that says whether to try again."""
+        self.login_attempts += 1
         try:
             r = requests.put(self.url.rstrip("/") + "/data/services/auth",
                              data={"username": user, "password": password},
                              timeout=min(self.s.timeout, 30.0), verify=self.s.verify)
-        except requests.RequestException:
-            return None
+        except requests.exceptions.SSLError:
+            raise StoreError(f"XNAT {self.url}: TLS certificate not trusted; set [store.xnat] ca_bundle to the "
+                             f"CA that signed it (verification stays on)") from None
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
+        code, text = r.status_code, r.text.strip()
         r.close()
-        return r.status_code
+        if code == 200 and re.fullmatch(r"[\w\-.]{8,}", text):
+            return text
+        if code == 404:
+            self.refused = (f"XNAT {self.url}: no XNAT login service at /data/services/auth (HTTP 404); "
+                            f"check [store.xnat] url (the XNAT base URL, e.g. https://host/xnat)")
+            raise StoreError(self.refused)
+        if code in (401, 403, 500) or 400 <= code < 500 and code not in (408, 429):
+            self.refused = (f"XNAT {self.url}: login refused (HTTP {code}) for the user in {self._where()}; "
+                            f"check the credentials. rtlake does not try again in this run, so refused "
+                            f"credentials cost one failed login")
+            raise StoreError(self.refused)
+        # 502/503/504 (a proxy or XNAT starting up), 408/429, or a 200 that is not a session id
+        raise StoreUnavailable(f"XNAT {self.url}: login did not complete (server answered {code}); will retry")
 
     def connect(self) -> Any:
         import xnat
         from xnat import exceptions as xe
 
+        if self.refused:
+            raise StoreError(self.refused)
         user, password = self._credentials()
         if not user:
             raise StoreError(f"XNAT {self.url}: no credentials: set ${self.s.username_env} and "
                              f"${self.s.password_env}, or add a ~/.netrc entry for the host")
         if not password:
             raise StoreError(f"XNAT {self.url}: ${self.s.password_env} is not set (user from ${self.s.username_env})")
+        token = self._login(user, password)
         try:
             with _ca_bundle(self.s.verify):
-                session = xnat.connect(self.url, user=user, password=password, verify=bool(self.s.verify),
+                session = xnat.connect(self.url, jsession=token, verify=bool(self.s.verify),
                                        logger=self._xlog, default_timeout=self.s.timeout,
                                        pilot_timeout=min(self.s.timeout, 30.0))
             if isinstance(self.s.verify, str):
@@ -131,25 +176,17 @@ class XnatClient:
             raise StoreError(f"XNAT {self.url}: TLS certificate not trusted; set [store.xnat] ca_bundle to the "
                              f"CA that signed it (verification stays on)") from None
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                xe.XNATConnectionError) as exc:
-            # xnatpy wraps a connection reset or close during login as XNATConnectionError: a network
-            # blip like any other, so retried rather than failing every study of the run.
-            raise StoreUnavailable(f"XNAT {self.url}: cannot connect ({type(exc).__name__})") from None
-        except xe.XNATAuthError:
-            # xnatpy reports any non-200 login answer as an auth error, 503s included. Ask once more
-            # ourselves to tell a server blip (retry) from refused credentials (stop).
-            code = self._login_status(user, password)
-            if code is None or code >= 500 or code in (408, 429) or code == 200:
-                raise StoreUnavailable(f"XNAT {self.url}: login did not complete "
-                                       f"(server answered {code or 'nothing'}); will retry") from None
-            raise StoreError(f"XNAT {self.url}: login refused for the user in ${self.s.username_env} "
-                             f"(or ~/.netrc); check the credentials") from None
+                xe.XNATConnectionError, xe.XNATAuthError) as exc:
+            # The password was accepted; a reset, a blip or a session dropped while xnatpy reads the
+            # data model is worth another try (which logs in again).
+            raise StoreUnavailable(f"XNAT {self.url}: connect did not complete ({type(exc).__name__})") from None
         except xe.XNATError as exc:
             code = status_of(exc)
-            if code is not None and code >= 500:
+            if code is not None and (code >= 500 or code in (401, 408, 429)):
                 raise StoreUnavailable(f"XNAT {self.url}: server error {code} while connecting") from None
             raise StoreError(f"XNAT {self.url}: connect failed: {_body_of(exc) or type(exc).__name__}") from None
         self.logins += 1
+        self.user = user
         self._session = session
         return session
 
@@ -167,7 +204,14 @@ class XnatClient:
             try:
                 self._session.disconnect()
             except Exception:  # noqa: BLE001 - the server may already have dropped the session
-                pass
+                # xnatpy stops its keep-alive thread only after the logout request succeeded: stop it
+                # anyway, or it goes on calling a server we have left.
+                try:
+                    from xnat.session import BaseXNATSession
+
+                    BaseXNATSession.disconnect(self._session)
+                except Exception:  # noqa: BLE001
+                    pass
             self._session = None
 
     # -- the policy ----------------------------------------------------------------------------
@@ -182,7 +226,8 @@ class XnatClient:
 
         Raises:
             StoreUnavailable: still failing transiently after the configured retries.
-            StoreError: refused (401 after re-login, 403, 404, other 4xx, malformed answers).
+            XnatConflict: XNAT refused because of what it holds (409).
+            StoreError: refused (credentials, 401 after re-login, 403, 404, other 4xx, malformed answers).
         """
         attempt = 0
 
@@ -227,18 +272,32 @@ class XnatClient:
             detail = self._scrub(_body_of(exc), scrub)
             if code == 401:
                 raise _Relogin() from None
+            if code in (403, 404) and not self._still_ours(session):
+                # sites with guest access serve a dead session as the guest user: 403/404, not 401
+                raise _Relogin() from None
             if code is not None and (code >= 500 or code in (408, 429)):
                 raise StoreUnavailable(f"XNAT {self.url}: {what}: server error {code}: {detail}") from None
             if code is not None and code < 300:
                 # e.g. a proxy's HTML error page with status 200: not XNAT's answer, worth another try
                 raise StoreUnavailable(f"XNAT {self.url}: {what}: answered {code} with a page that is not "
                                        f"XNAT data: {detail[:80]}") from None
+            if code == 409 or (code == 400 and any(w in detail.lower() for w in _CONFLICT_WORDS)):
+                raise XnatConflict(f"XNAT {self.url}: {what}: refused ({code}): {detail}") from None
             if code == 403:
                 raise StoreError(f"XNAT {self.url}: {what}: forbidden (403): {detail}") from None
             if code is not None:
                 raise StoreError(f"XNAT {self.url}: {what}: refused ({code}): {detail}") from None
             raise StoreError(f"XNAT {self.url}: {what}: {type(exc).__name__}: "
                              f"{self._scrub(str(exc), scrub)[:200]}") from None
+
+    def _still_ours(self, session: Any) -> bool:
+        """Is the server session still logged in as our user (`GET /data/auth`)?"""
+        try:
+            r = session.interface.get(self.url + "/data/auth", timeout=min(self.s.timeout, 30.0))
+        except requests.RequestException:
+            return True  # cannot tell; keep the original error
+        m = re.search(r"User '([^']+)' is logged in", r.text or "")
+        return r.status_code == 200 and m is not None and m.group(1) == self.user
 
     @staticmethod
     def _scrub(text: str, scrub: tuple[str, ...]) -> str:
@@ -255,6 +314,14 @@ class XnatClient:
             return list(data["ResultSet"]["Result"])
         except (KeyError, TypeError):
             raise StoreError(f"XNAT {self.url}: {path}: answer is not an XNAT ResultSet") from None
+
+    def request(self, session: Any, method: str, path: str, timeout: Any = None, **kw: Any) -> requests.Response:
+        """A raw call through the logged-in session (for calls xnatpy does not wrap the way XNAT needs);
+        a non-2xx answer raises requests.HTTPError carrying the response, for `call()` to judge."""
+        resp = session.interface.request(method, self.url + path, timeout=timeout or (30.0, self.s.timeout), **kw)
+        if resp.status_code >= 300:
+            raise requests.HTTPError(f"status {resp.status_code}", response=resp)
+        return resp
 
 
 _ENV_LOCK = threading.Lock()

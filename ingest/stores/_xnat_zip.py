@@ -1,11 +1,15 @@
 """Pack one study's files into the zip XNAT's import service takes, and describe what is in it.
 
 The headers are read while packing (one pass over the files), so the store can refuse a file
-from another study before anything is sent and can report scans without asking XNAT.
+from another study before anything is sent. Each file goes into the zip as `<SOPInstanceUID>.dcm`:
+XNAT keeps the entry's base name as the file name (xnat-rest-tests TestImport reads
+`.../resources/DICOM/files/000000.dcm` back), so after the upload the store can match the file
+URLs XNAT lists to our instances instead of predicting them.
 """
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,7 @@ import pydicom
 from ..errors import StoreError
 from ..records import StoredFile, StoredScan
 
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SeriesNumber", "Modality",
          "SeriesDescription"]
 
@@ -24,6 +29,8 @@ class PackedStudy:
     zip_path: Path
     scans: list[StoredScan] = field(default_factory=list)
     files: list[StoredFile] = field(default_factory=list)
+    #: SOPInstanceUID -> the file's name in the zip (and, XNAT keeping it, in the archive)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 def pack_study(study_uid: str, files: list[Path], zip_path: Path) -> PackedStudy:
@@ -37,6 +44,7 @@ def pack_study(study_uid: str, files: list[Path], zip_path: Path) -> PackedStudy
         raise StoreError(f"study {study_uid}: no files to upload")
     series: dict[str, dict] = {}
     out_files: list[StoredFile] = []
+    names: dict[str, str] = {}
     seen: set[str] = set()
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for i, f in enumerate(files):
@@ -56,7 +64,9 @@ def pack_study(study_uid: str, files: list[Path], zip_path: Path) -> PackedStudy
                                            "modality": str(ds.get("Modality", "") or ""),
                                            "description": str(ds.get("SeriesDescription", "") or ""), "n": 0})
             s["n"] += 1
-            zf.write(f, arcname=f"{i:06d}_{f.name}")
+            arcname = f"{_SAFE.sub('_', sop)}.dcm" if sop != f.name else f"{i:06d}_{f.name}"
+            names[sop] = arcname
+            zf.write(f, arcname=arcname)
             out_files.append(StoredFile(sop_uid=sop, series_uid=se_uid, path=str(f), size=f.stat().st_size))
     scans = []
     used: set[str] = set()
@@ -67,4 +77,4 @@ def pack_study(study_uid: str, files: list[Path], zip_path: Path) -> PackedStudy
         used.add(scan_id)
         scans.append(StoredScan(series_uid=se_uid, scan_id=scan_id, modality=s["modality"],
                                 description=s["description"], n_files=s["n"]))
-    return PackedStudy(zip_path=zip_path, scans=scans, files=out_files)
+    return PackedStudy(zip_path=zip_path, scans=scans, files=out_files, names=names)

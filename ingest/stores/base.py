@@ -8,6 +8,7 @@ runs idempotent against stores rtlake does not own (XNAT, Orthanc).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 
 from ..records import SessionPlan, StoredSession
@@ -32,6 +33,10 @@ class Store(abc.ABC):
 
     #: How many studies `put_studies` takes at once (stores that queue work remotely batch it).
     batch_size: int = 1
+    #: Set by the update run: SOPInstanceUIDs -> (study UID, location) of those already stored, from
+    #: the catalog. A store uses it so a valid file of another study never joins a stored instance
+    #: (issue 19: conflicting duplicates are recorded, never "first wins").
+    stored_instances: Callable[[set[str]], dict[str, tuple[str, str]]] | None = None
 
     def put_studies(self, items: list[tuple[SessionPlan, list[Path]]]) -> list[StoredSession | Exception]:
         """Store several studies; one result per item, an exception object where that study failed.

@@ -16,18 +16,45 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 
 from .. import failpoints
 from ..atomic import copy_unsynced, make_durable, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
+from ..conflicts import against_stored, same_instance, sha256
 from ..naming import safe
-from ..records import SessionPlan, StoredFile, StoredScan, StoredSession
+from ..records import Conflict, SessionPlan, StoredFile, StoredScan, StoredSession
+from ..validate import show, validate_file
 from .base import Store
 
 log = logging.getLogger(__name__)
 
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SeriesNumber", "Modality", "SeriesDescription"]
+
+
+def _series_keys(raw: dict[int, bytes]) -> tuple[str, str, str]:
+    """(SeriesNumber, Modality, SeriesDescription) from the values the validator kept while it walked
+    the file (ingest.validate.SERIES_TAGS), so the file is not parsed a second time; the description
+    is decoded with the instance's SpecificCharacterSet, as pydicom would."""
+    def text(tag: int) -> str:
+        return raw.get(tag, b"").decode("ascii", "replace").strip("\x00 ")
+
+    desc = raw.get(0x0008103E, b"")
+    if desc:
+        charsets = [c.strip() for c in raw.get(0x00080005, b"").decode("ascii", "replace").split("\\")]
+        try:
+            desc_text = decode_bytes(desc, convert_encodings(charsets if any(charsets) else ["ISO_IR 6"]), set())
+        except (LookupError, ValueError):
+            desc_text = desc.decode("latin-1")
+        desc_text = desc_text.rstrip("\x00 ")
+    else:
+        desc_text = ""
+    number = text(0x00200011)
+    try:  # as `str(ds.SeriesNumber or "")` read it before: an IS of 0 counted as none (scan folder S<hash>)
+        if number and float(number) == 0:
+            number = ""
+    except ValueError:
+        pass
+    return number, text(0x00080060), desc_text
 
 
 def scan_ids(series: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -46,6 +73,35 @@ def scan_ids(series: dict[str, tuple[str, str]]) -> dict[str, str]:
             else:
                 out[uid] = safe(number)
     return out
+
+
+def _digest(path: str) -> str:
+    try:
+        return sha256(Path(path))
+    except OSError:  # listed in the catalog but gone from the lake: the conflict row says so
+        return ""
+
+
+def _one_version_each(headers: list[tuple], study_uid: str) -> tuple[list[tuple], list[Conflict]]:
+    """Files of one delivery sharing a SOPInstanceUID: identical ones are one, different ones a conflict.
+
+    Sources already do this (a folder's duplicates, a pull that got two versions); this is the
+    store's own guard, so no store ever holds "whichever came first".
+    """
+    by_sop: dict[str, list[tuple]] = defaultdict(list)
+    for h in headers:
+        by_sop[h[1]].append(h)
+    keep, held = [], []
+    for sop, group in by_sop.items():
+        first = group[0]
+        differ = [h for h in group[1:] if not same_instance(first[0], h[0])]
+        if not differ:
+            keep.append(first)
+            continue
+        digest = sha256(first[0])
+        held += [Conflict(sop, study_uid, "neither_stored", str(first[0]), str(h[0]), study_uid, study_uid,
+                          digest, sha256(h[0])) for h in differ]
+    return keep, held
 
 
 class LakeStore(Store):
@@ -69,57 +125,79 @@ class LakeStore(Store):
             return False
 
     def put_study(self, plan: SessionPlan, files: list[Path]) -> StoredSession:
+        """Copy the study's whole, valid files into its session folder; never replace a stored file.
+
+        Each file is checked again here (ingest.validate): the lake is the last gate before research
+        use. A file whose instance is already stored with other content, here or under another study
+        (`stored_instances`, set by the update run from the catalog), is not stored: it is a conflict
+        (ingest/conflicts.py), returned in `conflicts`; the stored file stays as it is.
+        """
+        uid = plan.study.study_uid
         sdir = self.session_dir(plan)
         headers = []
         problems: list[tuple[str, str]] = []
+        conflicts: list[Conflict] = []
         for f in files:
             try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-                sop = str(ds.SOPInstanceUID)
-                study_uid = str(ds.get("StudyInstanceUID", ""))
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is a per-file problem
-                problems.append((str(f), f"unreadable DICOM: {type(exc).__name__}"))
+                verdict = validate_file(f)
+            except OSError as exc:
+                problems.append((str(f), f"unreadable file: {exc.strerror or exc}"))
                 continue
-            if study_uid != plan.study.study_uid:
-                problems.append((str(f), f"belongs to study {study_uid}, not {plan.study.study_uid}"))
+            if not verdict.ok:
+                problems.append((str(f), verdict.reason))
                 continue
-            headers.append((f, sop, str(ds.get("SeriesInstanceUID", "")), str(ds.get("SeriesNumber", "") or ""),
-                            str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")))
-        if not headers:
-            raise StoreError(f"study {plan.study.study_uid}: no storable DICOM files ({len(files)} offered)")
+            if verdict.study_uid != uid:
+                problems.append((str(f), f"belongs to study {show(verdict.study_uid)}, not {uid}"))
+                continue
+            number, modality, description = _series_keys(verdict.series_values)
+            headers.append((f, verdict.sop_uid, verdict.series_uid, number, modality, description))
+        headers, held = _one_version_each(headers, uid)
+        conflicts += against_stored(held, self.stored_instances)
+        elsewhere = self.stored_instances({h[1] for h in headers}) if self.stored_instances else {}
+        keep = []
+        for h in headers:
+            other = elsewhere.get(h[1])
+            if other is not None and other[0] != uid:
+                conflicts.append(Conflict(h[1], uid, "kept_stored", other[1], str(h[0]), other[0], uid,
+                                          _digest(other[1]), sha256(h[0])))
+                continue
+            keep.append(h)
+        headers = keep
+        if not headers and not conflicts:
+            raise StoreError(f"study {uid}: no storable DICOM files ({len(files)} offered)")
         series = {h[2]: (h[3], h[4]) for h in headers}
         scan_of = scan_ids(series)
         stored: list[StoredFile] = []
         counts: dict[str, int] = defaultdict(int)
         desc_of: dict[str, str] = {}
-        seen_sops: set[str] = set()
         written: list[Path] = []
         made: set[Path] = set()
         for f, sop, series_uid, _num, _mod, sdesc in headers:
-            if sop in seen_sops:
-                problems.append((str(f), f"duplicate SOPInstanceUID {sop} in study; kept the first"))
-                continue
-            seen_sops.add(sop)
             target = sdir / "scans" / scan_of[series_uid] / f"{safe(sop)}.dcm"
             size = f.stat().st_size
-            if not (target.is_file() and target.stat().st_size == size):
+            if target.is_file():
+                if not same_instance(target, f):  # stored files are whole and valid: never replaced
+                    conflicts.append(Conflict(sop, uid, "kept_stored", str(target), str(f), uid, uid,
+                                              sha256(target), sha256(f)))
+                    size = target.stat().st_size
+            else:
                 try:
                     if target.parent not in made:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         made.add(target.parent)
                     copy_unsynced(f, target)
                 except OSError as exc:
-                    raise StoreError(f"study {plan.study.study_uid}: cannot write {target}: {exc}") from exc
+                    raise StoreError(f"study {uid}: cannot write {target}: {exc}") from exc
                 failpoints.hit("ingest.file")
             written.append(target)  # also one found from a killed run: it may not be on disk yet
             stored.append(StoredFile(sop, series_uid, str(target), size))
             counts[series_uid] += 1
             desc_of[series_uid] = sdesc
-        scans = [StoredScan(uid, scan_of[uid], series[uid][1], desc_of.get(uid, ""), counts[uid])
-                 for uid in sorted(counts, key=lambda u: scan_of[u])]
+        scans = [StoredScan(s_uid, scan_of[s_uid], series[s_uid][1], desc_of.get(s_uid, ""), counts[s_uid])
+                 for s_uid in sorted(counts, key=lambda u: scan_of[u])]
         manifest = {
             "project": plan.project, "subject": plan.subject, "label": plan.label,
-            "study_uid": plan.study.study_uid, "accession": plan.study.accession,
+            "study_uid": uid, "accession": plan.study.accession,
             "date": plan.study.study_date.isoformat() if plan.study.study_date else None,
             "modalities": list(plan.study.modalities),
             "scans": [{"id": s.scan_id, "series_uid": s.series_uid, "modality": s.modality,
@@ -128,9 +206,11 @@ class LakeStore(Store):
         try:
             make_durable(written)  # one flush for the study, before anything records it as stored
         except OSError as exc:
-            raise StoreError(f"study {plan.study.study_uid}: cannot flush its files to disk: {exc}") from exc
-        write_text(sdir / "session.json", json.dumps(manifest, indent=1, sort_keys=True))
-        return StoredSession(plan=plan, location=str(sdir), scans=scans, files=stored, problems=problems)
+            raise StoreError(f"study {uid}: cannot flush its files to disk: {exc}") from exc
+        if stored:
+            write_text(sdir / "session.json", json.dumps(manifest, indent=1, sort_keys=True))
+        return StoredSession(plan=plan, location=str(sdir), scans=scans, files=stored, problems=problems,
+                             conflicts=conflicts)
 
     def check(self) -> list[str]:
         """The lake root exists and a file can be created and removed in it."""

@@ -5,30 +5,31 @@ plan's StudyInstanceUID; subject and label stay in rtlake's catalog. Posting the
 twice is harmless (Orthanc answers `AlreadyStored`), which is what makes a resumed or repeated
 put safe, and why POST may be retried like an idempotent call.
 
-Headers are read before the first POST, so a file of another study or a non-DICOM file stops
-the study before anything is written. After the last POST the study is read back from Orthanc
+Every file is validated before the first POST (ingest.validate): a damaged file, or a file of
+another study, stops the study before anything is written. After the last POST the study is read back from Orthanc
 and counted: a put that returns has really landed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ..config import Config, secret_from_env
 from ..errors import StoreError, StoreUnavailable
-from ..records import SessionPlan, StoredFile, StoredScan, StoredSession
+from ..conflicts import same_instance, sha256
+from ..records import Conflict, SessionPlan, StoredFile, StoredScan, StoredSession
+from ..validate import show, validate_file
 from .base import Store
 
 log = logging.getLogger(__name__)
 
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
 
 
 class OrthancStore(Store):
@@ -95,10 +96,15 @@ class OrthancStore(Store):
         return True
 
     def put_study(self, plan: SessionPlan, files: list[Path]) -> StoredSession:
-        """Post every file, then read the study back.
+        """Post every whole file, then read the study back.
+
+        A damaged file (ingest.validate) stops the study before anything is posted; two different valid versions of
+        one instance are both held back, and a version Orthanc already holds with other content, or
+        an instance stored under another study, is left as it is (`conflicts`, ingest/conflicts.py).
 
         Raises:
-            StoreError: a bad file (named by path), refusal, or fewer instances in Orthanc than sent.
+            StoreError: a file of another study (named by path), refusal, or fewer instances in Orthanc
+                than sent.
             StoreUnavailable: connection errors or 5xx after retries.
         """
         uid = plan.study.study_uid
@@ -106,28 +112,65 @@ class OrthancStore(Store):
         if not files:
             raise StoreError(f"Orthanc {self.url}: {what}: no files to store")
         sops: dict[str, Path] = {}
+        problems: list[tuple[str, str]] = []
+        conflicts: list[Conflict] = []
+        held: set[str] = set()
         for f in files:
             try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-            except Exception as exc:  # noqa: BLE001 - any parse failure means "not DICOM" here
-                raise StoreError(f"Orthanc {self.url}: {what}: {f}: not a readable DICOM file "
-                                 f"({type(exc).__name__})") from None
-            if str(ds.get("StudyInstanceUID", "")) != uid:
-                raise StoreError(f"Orthanc {self.url}: {what}: {f}: belongs to study {ds.get('StudyInstanceUID')}")
-            sops.setdefault(str(ds.get("SOPInstanceUID", "")), f)
+                v = validate_file(f)
+            except OSError as exc:
+                raise StoreError(f"Orthanc {self.url}: {what}: {f}: cannot read ({exc.strerror or exc})") from None
+            if not v.ok:  # stops the study before anything is written, naming the file and the check
+                raise StoreError(f"Orthanc {self.url}: {what}: {f}: {v.reason}")
+            if v.study_uid != uid:
+                raise StoreError(f"Orthanc {self.url}: {what}: {f}: belongs to study {show(v.study_uid)}")
+            sop, prev = v.sop_uid, sops.get(v.sop_uid)
+            if sop in held or (prev is not None and same_instance(prev, f)):
+                continue
+            if prev is not None:  # two valid versions in one delivery: neither is posted
+                held.add(sop)
+                del sops[sop]
+                conflicts.append(Conflict(sop, uid, "neither_stored", str(prev), str(f), uid, uid, sha256(prev),
+                                          sha256(f)))
+                continue
+            sops[sop] = f
+        elsewhere = self.stored_instances(set(sops)) if self.stored_instances else {}
+        for sop, (study, location) in elsewhere.items():
+            if study != uid:
+                f = sops.pop(sop)
+                conflicts.append(Conflict(sop, uid, "kept_stored", location, str(f), study, uid, "", sha256(f)))
 
         oid = None
         for sop, f in sops.items():
-            answer = self._request("POST", "/instances", f"{what}: {f}", data=f.read_bytes(),
+            data = f.read_bytes()
+            answer = self._request("POST", "/instances", f"{what}: {f}", data=data,
                                    headers={"Content-Type": "application/dicom"})
             if not isinstance(answer, dict) or answer.get("Status") not in ("Success", "AlreadyStored"):
                 status = answer.get("Status") if isinstance(answer, dict) else answer
                 raise StoreError(f"Orthanc {self.url}: {what}: {f}: not stored (status {status})")
+            if answer.get("Status") == "AlreadyStored":
+                held_md5 = self._md5(answer.get("ID", ""))
+                if held_md5 and held_md5 != hashlib.md5(data).hexdigest():  # Orthanc keeps what it had
+                    conflicts.append(Conflict(sop, uid, "kept_stored", f"{self.url}/instances/{answer.get('ID')}",
+                                              str(f), uid, uid, "", sha256(data)))
             oid = answer.get("ParentStudy", oid)
+        if not sops:
+            return StoredSession(plan=plan, location="", problems=problems, conflicts=conflicts)
         oid = oid or self._find_study(uid)
         if oid is None:
             raise StoreError(f"Orthanc {self.url}: {what}: study not found after storing")
-        return self._read_back(plan, oid, expected=set(sops))
+        res = self._read_back(plan, oid, expected=set(sops))
+        res.problems, res.conflicts = problems, conflicts
+        return res
+
+    def _md5(self, instance_id: str) -> str:
+        """MD5 Orthanc recorded for an instance's file ('' when it keeps none: StoreMD5ForAttachments off)."""
+        try:
+            r = self.http.get(f"{self.url}/instances/{instance_id}/attachments/dicom/md5", timeout=self.timeout,
+                              verify=self.verify)
+        except requests.RequestException:
+            return ""
+        return r.text.strip().strip('"') if r.status_code == 200 else ""
 
     def _read_back(self, plan: SessionPlan, oid: str, expected: set[str] | None = None) -> StoredSession:
         what = f"study {plan.study.study_uid}"

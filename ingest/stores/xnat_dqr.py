@@ -2,21 +2,29 @@
 
 This replaces the manual routine of the SOP (another team pushes the selected accession numbers
 through XNAT's query-retrieve and pastes back the failures as JSON): rtlake sends the selected
-studies in batches, waits for XNAT's import queue to settle, and keeps every failure.
+studies in batches, follows XNAT's queue until the sessions are in the archive, and keeps every
+failure. The calls follow the plugin's source (dicom-query-retrieve `rest/DicomQueryRetrieveApi`,
+`services/impl/basic/BasicDicomQueryRetrieveService`, `events/PacsDequeueThread`; citations in
+tests/servers/xnat_emulator.py) and NRG's own test of it (xnat-rest-tests `TestDicomQueryRetrieve`).
 
 Flow per `put_studies` batch:
-  1. `POST /xapi/dqr/query/batch` (multipart CSV, ≤ `query_batch` rows a call): which of our
-     studies can XNAT see on its PACS? A study the query does not return is a failure
-     ("not found on PACS"), as the SOP's cancelled/never-acquired studies are.
-  2. `POST /xapi/dqr/import` (JSON, ≤ `import_batch` studies a call) with a relabel map so the
-     session lands under our subject (NHS number / NN_<id>) and label (accession).
-  3. `GET /xapi/dqr/import/history/{id}` until each queue entry is final or `dqr_wait_seconds`
-     pass; FAILED entries are failures, still-running ones are transient (the next run asks
-     `has_session` and re-queues only what did not arrive).
+  1. `POST /xapi/dqr/query/batch`, the CSV in the multipart part `csv_to_store` with the plugin's
+     headers (`Study Instance UID`, and `Subject`/`Session` for relabelling), ≤ `query_batch` rows
+     (the plugin takes at most 1,000): which of our studies can XNAT see on its PACS? The plugin
+     drops rows it cannot use without a word, so a study missing from the answer is NOT_FOUND.
+  2. `POST /xapi/dqr/import` with `aeTitle`/`port` of XNAT's own DICOM receiver
+     (`[store.xnat] dqr_ae_title`, `dqr_port`) and a relabelMap per study (Subject → PatientName/
+     PatientID, Session → StudyID/AccessionNumber), so the session lands under our subject and
+     label. `forceImport` stays false: XNAT then refuses, rather than ignores, a relabel its
+     receiver cannot apply. A study XNAT finds no series of is left out of the answer: NOT_QUEUED.
+  3. Poll `import/queue` (one call per poll) until our entries are gone, then `import/history`
+     (entries there have their own IDs; matched by study UID and queue time): FAILED is a failure;
+     ISSUED and RECEIVED ("the first object arrived") mean the study is arriving — it counts as
+     stored only once the archive shows the session holding every series XNAT asked the PACS for
+     (the entry's `seriesIds`), or, when the entry does not list them, with a scan count unchanged
+     over `dqr_stable_polls` polls. Still waiting after `dqr_wait_seconds`: transient (the next
+     run finds the session, or queues the study again).
 Answers saying "There was a problem", non-JSON answers and 5xx are retried with backoff.
-
-The plugin's API is known only from client code that drives it (see notes/xnat.md §7), not
-from its documentation; the shapes here follow that code.
 
 Every failure comes back as a StoreError naming the DQR status (the run records it in the
 catalog), and the raw failure records, in the shape users already receive them (accessionNumber,
@@ -46,14 +54,16 @@ from ..errors import StoreError, StoreUnavailable
 from ..records import SessionPlan, StoredSession
 from ._xnat_client import XnatClient, XnatSettings
 from .base import Store
-from .xnat import XnatStore
+from .xnat import XnatStore, clean_label
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MARKER = "There was a problem"
-#: Queue statuses after which XNAT will not touch an entry again. GUESS from client code.
-DONE_STATUSES = frozenset({"RECEIVED", "ARCHIVED", "COMPLETE", "COMPLETED", "SUCCESS", "IMPORTED"})
-FAILED_STATUSES = frozenset({"FAILED", "ERROR", "REJECTED", "CANCELLED", "CANCELED", "NOT_FOUND"})
+#: PacsRequest's status texts (dqr domain/entities/PacsRequest.java).
+QUEUED_STATUSES = frozenset({"QUEUED", "PROCESSING"})
+ARRIVING_STATUSES = frozenset({"ISSUED", "RECEIVED"})
+FAILED_STATUS = "FAILED"
+MAX_QUERY_ROWS = 1000
 FAILURE_KEYS = ("accessionNumber", "modalitiesInStudy", "patient", "studyDate", "studyDescription", "studyId",
                 "studyInstanceUid")
 
@@ -63,23 +73,44 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
+@dataclasses.dataclass
+class _Pending:
+    """One queued study while we wait for it."""
+
+    index: int
+    plan: SessionPlan
+    subject: str
+    label: str
+    queue_id: Any
+    queued_time: Any
+    status: str = "QUEUED"
+    history_id: Any = None
+    expected: int = 0  # series XNAT asked the PACS for (the entry's seriesIds), 0 = not said
+    counts: list[int] = dataclasses.field(default_factory=list)  # scan counts seen in the archive, per poll
+
+
 class XnatDqrStore(Store):
     name = "xnat-dqr"
     needs_files = False
 
-    def __init__(self, client: XnatClient, project: str, pacs_id: int = 1, query_batch: int = 200,
-                 import_batch: int = 50, wait_seconds: float = 600.0, failures_dir: Path | None = None,
-                 overwrite: str = "none", create_project: bool = True, poll_seconds: float = 2.0) -> None:
+    def __init__(self, client: XnatClient, project: str, pacs_id: int = 1, ae_title: str = "", port: int = 0,
+                 query_batch: int = 200, import_batch: int = 50, wait_seconds: float = 600.0,
+                 failures_dir: Path | None = None, overwrite: str = "none", create_project: bool = True,
+                 poll_seconds: float = 5.0, stable_polls: int = 2, identity: str = "uid") -> None:
         self.client = client
         self.project = project
         self.pacs_id = pacs_id
-        self.query_batch = query_batch
+        self.ae_title = ae_title
+        self.port = port
+        self.query_batch = max(1, min(query_batch, MAX_QUERY_ROWS))
         self.batch_size = import_batch
         self.wait_seconds = wait_seconds
         self.failures_dir = failures_dir
-        self.force = overwrite != "none"
+        self.overwrite = overwrite
         self.poll_seconds = poll_seconds
-        self.archive = XnatStore(client, project, overwrite=overwrite, create_project=create_project)
+        self.stable_polls = max(1, stable_polls)
+        self.archive = XnatStore(client, project, overwrite=overwrite, create_project=create_project,
+                                 identity=identity)
         self.failure_files: list[Path] = []
 
     @classmethod
@@ -89,17 +120,51 @@ class XnatDqrStore(Store):
         # ordinary REST calls (operators' scripts waited 120 s between tries).
         settings = dataclasses.replace(XnatSettings.from_config(cfg), retries=x.dqr_retries,
                                        backoff=x.dqr_backoff_seconds, max_backoff=300.0)
-        return cls(XnatClient(settings), cfg.project.name, pacs_id=x.pacs_id,
-                   query_batch=x.query_batch, import_batch=x.import_batch, wait_seconds=x.dqr_wait_seconds,
+        return cls(XnatClient(settings), cfg.project.name, pacs_id=x.pacs_id, ae_title=x.dqr_ae_title,
+                   port=x.dqr_port, query_batch=x.query_batch, import_batch=x.import_batch,
+                   wait_seconds=x.dqr_wait_seconds,
                    failures_dir=x.dqr_failures_dir or (cfg.state_dir / "dqr-failures"), overwrite=x.overwrite,
-                   create_project=x.create_project)
+                   create_project=x.create_project, poll_seconds=x.dqr_poll_seconds,
+                   stable_polls=x.dqr_stable_polls, identity=x.identity)
 
     @property
     def url(self) -> str:
         return self.client.url
 
+    def _receiver_error(self) -> StoreError | None:
+        if not self.ae_title or not self.port:
+            return StoreError(f"XNAT {self.url}: DQR mode needs the AE title and port of XNAT's own DICOM receiver "
+                              f"(the one the PACS sends to): set [store.xnat] dqr_ae_title and dqr_port")
+        return None
+
+    def check(self) -> list[str]:
+        """The archive store's checks, then the receiver settings and the project's DQR switch.
+
+        Raises:
+            StoreError: as XnatStore.check, or the receiver not configured, or DQR not enabled on the project.
+        """
+        err = self._receiver_error()
+        if err is not None:
+            raise err
+        lines = self.archive.check()
+        pid = self.project
+        if not self.archive._project_exists():
+            raise StoreError(f"XNAT {self.url}: DQR imports need project {pid} to exist and be DQR-enabled; "
+                             f"an XNAT admin creates it and enables DQR for it")
+        enabled = self.client.call(lambda s: self._get(s, f"/xapi/dqr/settings/project/{pid}/enabled"),
+                                   f"DQR settings of project {pid}")
+        if enabled is not True:
+            raise StoreError(f"XNAT {self.url}: project {pid} is not DQR-enabled (XNAT refuses its imports with "
+                             f"403); an XNAT admin enables DQR in the project's settings")
+        lines.append(f"project {pid} is DQR-enabled; studies are pulled from PACS {self.pacs_id} to the "
+                     f"receiver {self.ae_title}:{self.port}")
+        return lines
+
     def has_session(self, plan: SessionPlan) -> bool:
         return self.archive.has_session(plan)
+
+    def move_session(self, project: str, old_subject: str, new_subject: str, label: str) -> str:
+        return self.archive.move_session(project, old_subject, new_subject, label)
 
     def put_study(self, plan: SessionPlan, files: list[Path]) -> StoredSession:
         result = self.put_studies([(plan, files)])[0]
@@ -112,25 +177,37 @@ class XnatDqrStore(Store):
         plans = [p for p, _ in items]
         results: dict[int, StoredSession | Exception] = {}
         records: dict[int, dict] = {i: _own_record(p) for i, p in enumerate(plans)}
+        err = self._receiver_error()
+        if err is not None:
+            return [err for _ in plans]
         try:
             self.archive.ensure_project()
+            known = self.archive._load_sessions()
         except StoreError as exc:
             return [exc for _ in plans]
 
         # 0. sessions already archived (by hand, or by an earlier run) are not queued again
-        todo = []
+        todo: list[tuple[int, SessionPlan]] = []
         for i, p in enumerate(plans):
+            subject, label = clean_label(p.subject), clean_label(p.label)
+            k = known.get(label)
             try:
-                known = self.archive._load_sessions().get(p.label)
+                if k is None:
+                    todo.append((i, p))
+                elif self.archive._is_this_study(k, p, subject) and self.overwrite != "delete":
+                    results[i] = self.archive._stored(p, k, None, subject, label, uploaded=False)
+                elif self.overwrite == "delete":
+                    self.archive._delete(k, f"study {p.study.study_uid} (session {label})")
+                    todo.append((i, p))
+                else:
+                    results[i] = StoreError(
+                        f"XNAT {self.url}: DQR: study {p.study.study_uid}: label {label} already used in project "
+                        f"{self.project} by {self.archive._describe(k)}{self.archive._uid_hint(k)}")
             except StoreError as exc:
-                return [exc for _ in plans]
-            if known is not None and known.uid == p.study.study_uid and not self.force:
-                results[i] = StoredSession(plan=p, location=f"{self.url}/data/experiments/{known.id}")
-            else:
-                todo.append((i, p))
+                results[i] = _for_study(exc, p)
 
         # 1. ask XNAT which studies its PACS has
-        found: dict[int, dict] = {}
+        found: list[int] = []
         for chunk in _chunks(todo, self.query_batch):
             try:
                 answer = self._query(chunk)
@@ -138,27 +215,30 @@ class XnatDqrStore(Store):
                 for i, p in chunk:
                     results[i] = _for_study(exc, p)
                 continue
-            by_uid = {s.get("studyInstanceUid"): s for row in answer for s in (row.get("studies") or [])
-                      if isinstance(s, dict)}
+            hits: dict[str, dict] = {}
+            for row in answer:
+                for s in row.get("studies") or []:
+                    if isinstance(s, dict) and s.get("studyInstanceUid"):
+                        hits.setdefault(s["studyInstanceUid"], s)
             for i, p in chunk:
-                hit = by_uid.get(p.study.study_uid)
+                hit = hits.get(p.study.study_uid)
                 if hit is None:
                     results[i] = StoreError(f"XNAT {self.url}: DQR: study {p.study.study_uid} "
                                             f"(accession {p.study.accession or '-'}): status NOT_FOUND "
                                             f"(the PACS query through XNAT did not return it)")
                 else:
-                    found[i] = hit
+                    found.append(i)
                     records[i] = _record_from(hit, records[i])
 
-        # 2. queue the found ones, 3. wait for the queue
-        for chunk in _chunks(sorted(found), self.batch_size):
+        # 2. queue the found ones, 3. follow them into the archive
+        for chunk in _chunks(found, self.batch_size):
             try:
-                entries = self._import([(i, plans[i], found[i]) for i in chunk])
+                pending = self._import([(i, plans[i]) for i in chunk], results)
             except StoreError as exc:
                 for i in chunk:
                     results[i] = _for_study(exc, plans[i])
                 continue
-            results.update(self._settle(entries, plans))
+            results.update(self._settle(pending))
 
         failed = [records[i] for i in sorted(results) if isinstance(results[i], Exception)]
         if failed:
@@ -170,6 +250,10 @@ class XnatDqrStore(Store):
     def _post(self, session: Any, path: str, **kw: Any) -> Any:
         """POST to the plugin; the JSON answer, or an error the client policy understands."""
         resp = session.interface.post(self.url + path, timeout=(30.0, self.client.s.timeout), **kw)
+        return self._json(resp, path)
+
+    def _get(self, session: Any, path: str, params: dict | None = None) -> Any:
+        resp = session.interface.get(self.url + path, params=params or {}, timeout=(30.0, self.client.s.timeout))
         return self._json(resp, path)
 
     def _json(self, resp: requests.Response, path: str) -> Any:
@@ -187,110 +271,158 @@ class XnatDqrStore(Store):
 
     def _query(self, chunk: list[tuple[int, SessionPlan]]) -> list[dict]:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["accessionNumber", "patientId", "studyDate", "Subject", "Session"])
+        w = csv.writer(buf, lineterminator="\r\n")
+        # The plugin's Row class reads these headers exactly; Subject/Session make the relabelMap.
+        w.writerow(["Study Instance UID", "Subject", "Session"])
         for _, p in chunk:
-            d = p.study.study_date.strftime("%Y%m%d") if p.study.study_date else ""
-            w.writerow([p.study.accession, "" if p.study.accession else p.study.patient_id, d, p.subject, p.label])
+            w.writerow([p.study.study_uid, clean_label(p.subject), clean_label(p.label)])
         body = buf.getvalue().encode()
         first = chunk[0][1].study.study_uid
         answer = self.client.call(
-            lambda s: self._post(s, "/xapi/dqr/query/batch", files={"file": ("rtlake-query.csv", body, "text/csv")},
+            lambda s: self._post(s, "/xapi/dqr/query/batch",
+                                 files={"csv_to_store": ("rtlake-query.csv", body, "text/csv")},
                                  data={"pacsId": str(self.pacs_id)}),
             f"DQR batch query of {len(chunk)} studies (first {first})", scrub=_idents(chunk))
         if not isinstance(answer, list):
             raise StoreError(f"XNAT {self.url}: DQR batch query: expected a JSON list, got {type(answer).__name__}")
         return [row for row in answer if isinstance(row, dict)]
 
-    def _import(self, batch: list[tuple[int, SessionPlan, dict]]) -> dict[int, dict]:
+    def _import(self, batch: list[tuple[int, SessionPlan]],
+                results: dict[int, StoredSession | Exception]) -> list[_Pending]:
         studies = []
-        for _, p, hit in batch:
+        for _, p in batch:
             studies.append({
-                "studyInstanceUid": p.study.study_uid,
-                "studyId": hit.get("studyId", p.study.study_id),
-                "accessionNumber": hit.get("accessionNumber", p.study.accession),
-                "studyDate": hit.get("studyDate", ""),
-                "patient": hit.get("patient") or {"id": p.study.patient_id},
-                "relabelMap": {"Subject": p.subject, "Session": p.label},
+                "studyInstanceUid": p.study.study_uid, "seriesInstanceUids": [], "seriesDescriptions": [],
+                "relabelMap": {"Subject": clean_label(p.subject), "Session": clean_label(p.label)},
             })
-        payload = {"pacsId": self.pacs_id, "projectId": self.project, "forceImport": self.force, "studies": studies}
+        payload = {"pacsId": self.pacs_id, "aeTitle": self.ae_title, "port": self.port,
+                   "projectId": self.project, "forceImport": False, "studies": studies}
         first = batch[0][1].study.study_uid
-        answer = self.client.call(lambda s: self._post(s, "/xapi/dqr/import", json=payload),
-                                  f"DQR import of {len(batch)} studies (first {first})",
-                                  scrub=_idents([(i, p) for i, p, _ in batch]))
+        try:
+            answer = self.client.call(lambda s: self._post(s, "/xapi/dqr/import", json=payload),
+                                      f"DQR import of {len(batch)} studies (first {first})", scrub=_idents(batch))
+        except StoreError as exc:
+            if "(403)" in str(exc):
+                raise StoreError(f"{exc} — XNAT refuses DQR imports into a project that is not DQR-enabled, or for "
+                                 f"a user who may not edit it (project {self.project})") from None
+            raise
         if not isinstance(answer, list):
             raise StoreError(f"XNAT {self.url}: DQR import: expected a JSON list, got {type(answer).__name__}")
         by_uid = {e.get("studyInstanceUid"): e for e in answer if isinstance(e, dict) and e.get("studyInstanceUid")}
-        by_acc = {e.get("accessionNumber"): e for e in answer if isinstance(e, dict) and e.get("accessionNumber")}
-        out: dict[int, dict] = {}
-        for n, (i, p, _) in enumerate(batch):
-            e = by_uid.get(p.study.study_uid) or (by_acc.get(p.study.accession) if p.study.accession else None)
-            if e is None and len(answer) == len(batch) and isinstance(answer[n], dict):
-                e = answer[n]  # GUESS: entries come back in request order when they carry no UID
-            out[i] = e or {}
-        return out
+        pending = []
+        for i, p in batch:
+            e = by_uid.get(p.study.study_uid)
+            if e is None or e.get("id") is None:
+                results[i] = StoreError(f"XNAT {self.url}: DQR: study {p.study.study_uid} (accession "
+                                        f"{p.study.accession or '-'}): status NOT_QUEUED (XNAT found no series of "
+                                        f"it on PACS {self.pacs_id} to retrieve)")
+                continue
+            pending.append(_Pending(i, p, clean_label(p.subject), clean_label(p.label), e["id"],
+                                    e.get("queuedTime"), str(e.get("status") or "QUEUED").upper(),
+                                    expected=len(e.get("seriesIds") or [])))
+        return pending
 
-    def _history(self, qid: Any) -> dict:
-        def get(session: Any) -> Any:
-            resp = session.interface.get(f"{self.url}/xapi/dqr/import/history/{qid}",
-                                         timeout=(30.0, self.client.s.timeout))
-            return self._json(resp, f"/xapi/dqr/import/history/{qid}")
+    def _list(self, path: str, n: int) -> list[dict]:
+        answer = self.client.call(lambda s: self._get(s, path, {"sort": "desc", "page": "1",
+                                                              "pageSize": str(max(100, n))}),
+                                  f"DQR {path.rsplit('/', 1)[-1]}")
+        return [e for e in answer if isinstance(e, dict)] if isinstance(answer, list) else []
 
-        answer = self.client.call(get, f"DQR queue entry {qid}")
-        return answer if isinstance(answer, dict) else {}
-
-    def _settle(self, entries: dict[int, dict], plans: list[SessionPlan]) -> dict[int, StoredSession | Exception]:
+    def _settle(self, pending: list[_Pending]) -> dict[int, StoredSession | Exception]:
+        """Follow queued studies: queue → history → archive, until each has an outcome or time runs out."""
         out: dict[int, StoredSession | Exception] = {}
-        pending = {i: e for i, e in entries.items()}
-        for i, e in list(pending.items()):
-            if not e.get("id") and e.get("id") != 0:
-                p = plans[i]
-                out[i] = StoreError(f"XNAT {self.url}: DQR: study {p.study.study_uid} (accession "
-                                    f"{p.study.accession or '-'}): status NOT_QUEUED (the import answer has no entry)")
-                pending.pop(i)
         deadline = time.monotonic() + self.wait_seconds
-        status = {i: str(e.get("status", "")).upper() for i, e in pending.items()}
-
-        def resolve() -> None:
-            for i in list(pending):
-                if i in out:
-                    pending.pop(i)
-                elif status[i] in DONE_STATUSES | FAILED_STATUSES:
-                    out[i] = self._outcome(plans[i], pending.pop(i), status[i])
-
-        resolve()
-        while pending:
-            for i, e in pending.items():
-                try:
-                    status[i] = str(self._history(e["id"]).get("status", "")).upper()
-                except StoreError as exc:
-                    out[i] = _for_study(exc, plans[i])
-            resolve()
-            if not pending:
+        waiting = list(pending)
+        while waiting:
+            try:
+                self._poll(waiting, out)
+            except StoreError as exc:
+                for w in waiting:
+                    out[w.index] = _for_study(exc, w.plan)
+                return out
+            waiting = [w for w in waiting if w.index not in out]
+            if not waiting:
                 break
             if time.monotonic() >= deadline:
-                for i, e in pending.items():
-                    p = plans[i]
-                    out[i] = StoreUnavailable(
-                        f"XNAT {self.url}: DQR: study {p.study.study_uid} (accession {p.study.accession or '-'}): "
-                        f"status {status[i] or 'UNKNOWN'} after waiting {self.wait_seconds:.0f} s "
-                        f"(queue entry {e['id']})")
+                for w in waiting:
+                    out[w.index] = StoreUnavailable(
+                        f"XNAT {self.url}: DQR: study {w.plan.study.study_uid} (accession "
+                        f"{w.plan.study.accession or '-'}): {self._state(w)} after waiting "
+                        f"{self.wait_seconds:.0f} s; the next run looks again")
                 break
             time.sleep(min(self.poll_seconds, max(deadline - time.monotonic(), 0.0)))
         return out
 
-    def _outcome(self, p: SessionPlan, entry: dict, status: str) -> StoredSession | Exception:
-        what = f"study {p.study.study_uid} (accession {p.study.accession or '-'})"
-        if status in FAILED_STATUSES:
-            return StoreError(f"XNAT {self.url}: DQR: {what}: status {status} (queue entry {entry.get('id')})")
-        location = f"{self.url}/xapi/dqr/import/history/{entry.get('id')}"
-        try:
-            k = self.archive._refresh_label(p.label)
-        except StoreError:
-            k = None
-        if k is not None and k.uid == p.study.study_uid and k.id:
-            location = f"{self.url}/data/experiments/{k.id}"
-        return StoredSession(plan=p, location=location)
+    @staticmethod
+    def _state(w: _Pending) -> str:
+        entry = f"queue entry {w.queue_id}" if w.history_id is None else f"history entry {w.history_id}"
+        if w.counts:
+            of = f" of {w.expected}" if w.expected else ""
+            return f"status {w.status} ({entry}), session {w.label} still arriving ({w.counts[-1]}{of} series)"
+        return f"status {w.status or 'UNKNOWN'} ({entry})"
+
+    def _poll(self, waiting: list[_Pending], out: dict[int, StoredSession | Exception]) -> None:
+        queue = {e.get("id"): e for e in self._list("/xapi/dqr/import/queue", len(waiting))}
+        left_queue = [w for w in waiting if w.queue_id not in queue]
+        for w in waiting:
+            if w.queue_id in queue:
+                w.status = str(queue[w.queue_id].get("status") or w.status).upper()
+        if not left_queue:
+            return
+        history: dict[str, list[dict]] = {}
+        for h in self._list("/xapi/dqr/import/history", 2 * len(waiting)):
+            history.setdefault(h.get("studyInstanceUid", ""), []).append(h)
+        arriving = []
+        for w in left_queue:
+            h = self._history_of(w, history.get(w.plan.study.study_uid, []))
+            if h is None:
+                w.status = "DEQUEUED"  # gone from the queue, no history entry seen yet
+                continue
+            w.history_id, w.status = h.get("id"), str(h.get("status") or "").upper()
+            if w.status == FAILED_STATUS:
+                reason = str(h.get("errorMessage") or "").strip()
+                out[w.index] = StoreError(
+                    f"XNAT {self.url}: DQR: study {w.plan.study.study_uid} (accession {w.plan.study.accession or '-'}): "
+                    f"status FAILED (history entry {w.history_id})" + (f": {reason[:200]}" if reason else ""))
+            elif w.status in ARRIVING_STATUSES:
+                arriving.append(w)
+        if not arriving:
+            return
+        # RECEIVED means the first object arrived, not that the session is archived: wait for the
+        # archive to show it, with a scan count that has stopped growing.
+        rows = {r["label"]: r for r in self.archive.session_rows(with_scans=True)}
+        for w in arriving:
+            r = rows.get(w.label)
+            if r is None:
+                continue
+            k = self.archive._known({"ID": r["id"], "UID": r["study_uid"], "subject_label": r["subject"],
+                                     "xsiType": r["xsi_type"]})
+            if not self.archive._is_this_study(k, w.plan, w.subject):
+                out[w.index] = StoreError(
+                    f"XNAT {self.url}: DQR: study {w.plan.study.study_uid}: XNAT archived session {w.label} as "
+                    f"{self.archive._describe(k)}{self.archive._uid_hint(k)}")
+                continue
+            w.counts.append(int(r["n_scans"]))
+            recent = w.counts[-self.stable_polls:]
+            stable = len(recent) == self.stable_polls and recent[0] > 0 and len(set(recent)) == 1
+            # Complete: every series XNAT asked the PACS for is in the archive; when the entry does not
+            # say which, a scan count that has stopped growing.
+            if (w.expected and w.counts[-1] >= w.expected) or (not w.expected and stable):
+                self.archive._load_sessions()[w.label] = k
+                try:
+                    out[w.index] = self.archive._stored(w.plan, k, None, w.subject, w.label, uploaded=False)
+                except StoreError as exc:
+                    out[w.index] = _for_study(exc, w.plan)
+
+    @staticmethod
+    def _history_of(w: _Pending, entries: list[dict]) -> dict | None:
+        """Our history entry: the plugin copies the queue entry's queuedTime into it (PacsDequeueThread)."""
+        same = [h for h in entries if w.queued_time is not None and h.get("queuedTime") == w.queued_time]
+        if same:
+            return max(same, key=lambda h: h.get("id") or 0)
+        later = [h for h in entries if isinstance(h.get("executedTime"), (int, float))
+                 and isinstance(w.queued_time, (int, float)) and h["executedTime"] >= w.queued_time]
+        return max(later, key=lambda h: h.get("executedTime") or 0) if later else None
 
     def _write_failures(self, records: list[dict]) -> Path | None:
         if self.failures_dir is None:
@@ -332,6 +464,8 @@ def _record_from(hit: dict, own: dict) -> dict:
 
 def _for_study(exc: StoreError, p: SessionPlan) -> StoreError:
     """The batch error, restated for one study so each failure row names its own study."""
+    if p.study.study_uid in str(exc):
+        return exc
     cls = type(exc) if isinstance(exc, StoreError) else StoreError
     return cls(f"study {p.study.study_uid} (accession {p.study.accession or '-'}): {exc}")
 
@@ -339,5 +473,5 @@ def _for_study(exc: StoreError, p: SessionPlan) -> StoreError:
 def _idents(chunk: list[tuple[int, SessionPlan]]) -> tuple[str, ...]:
     out: list[str] = []
     for _, p in chunk:
-        out += [x for x in (p.subject, p.hospital_id, p.study.patient_id) if x]
+        out += [x for x in (p.subject, clean_label(p.subject), p.hospital_id, p.study.patient_id) if x]
     return tuple(out)

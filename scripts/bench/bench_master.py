@@ -110,7 +110,9 @@ def seed_pandas(sessions: pd.DataFrame, refs: dict[str, dt.date], slots_min: int
             diff = (date - ref).dt.days
             vals = {
                 "Date": np.where(date.isna(), NULL, date.dt.date.astype(object)),
-                "Difference from Reference Date": np.where(diff.isna(), NOT_APPLICABLE, diff.astype("Int64").astype(object)),
+                # no session date: null (as the SOP script writes it); no reference date: not applicable
+                "Difference from Reference Date": np.where(date.isna(), NULL, np.where(
+                    diff.isna(), NOT_APPLICABLE, diff.astype("Int64").astype(object))),
             }
             for f in ("ID", "UID", "Scans"):
                 c = f"{mod} {f} {i}"
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     def ours():
         sheet = build_master(sessions, refs, slots_per_modality=5, modalities=MODALITIES)
         table = sheet.rendered()
-        return table.drop(columns=[c for c in table.columns if c.startswith("Failure ")])
+        return table.drop(columns=[c for c in table.columns if c.startswith("Failure ") or c == "Notes"])
 
     ours_table, t_ours, mem_ours, peak_ours = measure(ours)
     print(f"rtlake (DuckDB pivot): {t_ours:8.2f} s   extra peak RSS {mem_ours:8.0f} MiB (process peak {peak_ours:.0f} MiB)"
