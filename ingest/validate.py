@@ -34,8 +34,10 @@ content (TIFF headers live there), values that are merely unusual (dates, charac
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -646,12 +648,43 @@ def validate_bytes(buf) -> Verdict:
     return Verdict(None, "", transfer_syntax=ts, series_values=series, **ids)
 
 
+# Verdicts of files rtlake itself has just written from bytes it had validated in memory (the pulls,
+# ingest/sources/_files.py), keyed by what pins that content on disk: device, inode, size and mtime.
+# Why: a pulled instance is validated on arrival, written once to scratch, and then handed to the
+# store, which validates every file it is given; without this each pulled instance was walked twice
+# (~0.35 ms per CT slice, a third of the ingest: scripts/bench/bench_pull.py). Used once, then dropped.
+_WRITTEN: dict[tuple[int, int, int, int], Verdict] = {}
+_WRITTEN_LOCK = threading.Lock()
+_WRITTEN_MAX = 100_000
+
+
+def _stat_key(path: Path | str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remember_written(path: Path | str, verdict: Verdict) -> None:
+    """Record the verdict of bytes just written to `path` unchanged (see _WRITTEN)."""
+    key = _stat_key(path)
+    with _WRITTEN_LOCK:
+        if len(_WRITTEN) >= _WRITTEN_MAX:
+            _WRITTEN.clear()
+        _WRITTEN[key] = verdict
+
+
 def validate_file(path: Path | str) -> Verdict:
     """Check one file on disk (memory-mapped: pixel data pages are not read unless fragments are).
+
+    A file this process wrote itself from validated bytes, untouched since, is not walked again.
 
     Raises:
         OSError: the file cannot be opened.
     """
+    if _WRITTEN:
+        with _WRITTEN_LOCK:
+            known = _WRITTEN.pop(_stat_key(path), None)
+        if known is not None:
+            return known
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         if size == 0:
