@@ -649,18 +649,19 @@ def validate_bytes(buf) -> Verdict:
 
 
 # Verdicts of files rtlake itself has just written from bytes it had validated in memory (the pulls,
-# ingest/sources/_files.py), keyed by what pins that content on disk: device, inode, size and mtime.
+# ingest/sources/_files.py), keyed by what pins that content on disk: path, device, inode, size and
+# mtime (the path too: a freed inode can be reused within one timestamp tick by a file of equal size).
 # Why: a pulled instance is validated on arrival, written once to scratch, and then handed to the
 # store, which validates every file it is given; without this each pulled instance was walked twice
 # (~0.35 ms per CT slice, a third of the ingest: scripts/bench/bench_pull.py). Used once, then dropped.
-_WRITTEN: dict[tuple[int, int, int, int], Verdict] = {}
+_WRITTEN: dict[tuple[str, int, int, int, int], Verdict] = {}
 _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_MAX = 100_000
 
 
-def _stat_key(path: Path | str) -> tuple[int, int, int, int]:
+def _stat_key(path: Path | str) -> tuple[str, int, int, int, int]:
     st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def remember_written(path: Path | str, verdict: Verdict) -> None:
