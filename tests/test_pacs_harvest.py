@@ -154,3 +154,51 @@ def test_orthanc_1_11_requested_tags_replace_the_series_listing():
     assert rec.modalities == ("CT", "RTSTRUCT") and rec.n_instances == 12
     item["RequestedTags"] = {}
     assert src._record(item, "test").n_instances is None  # 1.10: asked, not answered
+
+
+@pytest.fixture
+def uncommon_study(orthanc, dcmqrscp, tmp_path):
+    """2 CT slices + 2 instances of a storage class outside C-GET's first-asked set (VL Photographic)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    from pynetdicom.sop_class import VLPhotographicImageStorage
+
+    from ingest.sources import dimse
+
+    assert VLPhotographicImageStorage not in dimse._COMMON_STORAGE  # the scenario needs the fallback
+    pid = "HarvestOdd1"
+    uid = generate_uid(entropy_srcs=[pid, "odd"])
+    files = _write(tmp_path, pid, uid, [("CT", 2), ("MR", 2)])
+    for p in files[2:]:
+        ds = pydicom.dcmread(p)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = VLPhotographicImageStorage
+        ds.save_as(p, enforce_file_format=True)
+    orthanc.upload(files)
+    dcmqrscp.upload(files)
+    yield pid, uid, files
+    orthanc.http.delete(f"{orthanc.url}/patients/{_oid(pid)}", timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["dimse-orthanc-get", "dimse-dcmqrscp-get"])
+def test_c_get_falls_back_to_every_storage_class(kind, uncommon_study, orthanc, dcmqrscp, tmp_path, monkeypatch):
+    """C-GET first proposes the common storage classes only (cheaper negotiation); a study holding
+    another class must still arrive whole, not end as a partial transfer."""
+    from ingest.sources import open_source
+
+    pid, uid, files = uncommon_study
+    srv = dcmqrscp if "dcmqrscp" in kind else orthanc
+    with open_source(make_config(kind, srv, tmp_path, monkeypatch)) as src:
+        rec = next(r for r in src.find_study(uid))
+        levels = []
+        real = src._c_get
+        src._c_get = lambda ident, *a, **k: levels.append(str(ident.QueryRetrieveLevel)) or real(ident, *a, **k)
+        got = src.retrieve(rec, tmp_path / "scratch")
+    assert not got.partial and len(got.files) == 4
+    assert levels == ["STUDY", "STUDY"]  # the common classes, then all of them: no instance-by-instance pass
+    assert {p.stem for p in got.files} == {pydicom_sop(p) for p in files}
+
+
+def pydicom_sop(path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
