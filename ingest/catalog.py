@@ -223,6 +223,16 @@ MIGRATIONS: list[str] = [
         resolved_run VARCHAR              -- neither_stored: the run that stored one version
     );
     """,
+    # (issue 15): what the store calls each session. With pseudonymisation these differ from the
+    #    identified subject/label/study_uid the catalog is keyed by; they are the only link from the master
+    #    sheet to the lake. NULL (rows stored before this column existed): the store uses the catalog's names.
+    """
+    ALTER TABLE sessions ADD COLUMN store_subject VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_label VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_study_uid VARCHAR;
+    ALTER TABLE sessions ADD COLUMN store_study_date DATE;
+    ALTER TABLE sessions ADD COLUMN store_description VARCHAR;
+    """,
 ]
 
 

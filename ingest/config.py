@@ -226,7 +226,9 @@ class ReportConfig(_Section):
 
 class LoggingConfig(_Section):
     identifiers_in_logs: bool = Field(
-        False, description="Allow patient identifiers in log lines (off: logs use study UIDs only)."
+        False, description="Allow patient identifiers in log lines and console output (off: patients are 'a "
+                           "patient', file paths are cut to their last part, and while pseudonymising original UIDs "
+                           "are shown as their pseudonymous UIDs)."
     )
 
 
@@ -261,9 +263,22 @@ class PseudoConfig(_Section):
     mapping: Path = Field(Path("pseudo-map.duckdb"), description="Mapping table (owner-only permissions).")
 
 
+class RtDvhQaConfig(_Section):
+    small_cc: float = Field(1.0, gt=0, description="Structures below this volume (cc) use small_pct for every check.")
+    volume_pct: float = Field(1.0, ge=0, description="Volume tolerance (%) against the TPS's stored DVH.")
+    mean_pct: float = Field(0.5, ge=0, description="Mean-dose tolerance (%).")
+    dose_pct: float = Field(1.0, ge=0, description="D95/D2 tolerance (%).")
+    max_pct: float = Field(2.0, ge=0, description="Maximum-dose tolerance (%).")
+    small_pct: float = Field(10.0, ge=0, description="Tolerance (%) of every check for sub-small_cc structures.")
+    dose_abs_gy: float = Field(0.05, ge=0, description="Absolute floor (Gy) for mean and D-values (low doses); one TPS bin is added for D-values.")
+
+
 class RtConfig(_Section):
     output: Path = Field(Path("rt"), description="Folder for NIfTI, DVH and previews.")
     scheduler: str | None = Field(None, description="Dask scheduler address; none = a local cluster.")
+    dvh_method: Literal["tps", "voxel"] = Field(
+        "tps", description="DVH method: tps (shape-interpolated solid, agrees with Eclipse) or voxel (the NIfTI masks, agrees with plastimatch).")
+    dvh_qa: RtDvhQaConfig = RtDvhQaConfig()
 
 
 class Config(_Section):

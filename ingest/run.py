@@ -42,6 +42,7 @@ from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailabl
 from .lock import run_lock
 from .logsetup import set_run_id
 from .security import loose, private_umask, share_outbox, walk
+from .pseudo.redact import looks_like_path, pseudonymous_logs, public_paths
 from .naming import base_label, unique_label
 from .patients import read_cohort, read_deceased
 from .records import RetrievedStudy, SessionPlan, StoredSession, StudyRecord
@@ -191,14 +192,17 @@ class UpdateRun:
         `log_text` replaces the reason in the log when the reason itself carries identifiers
         (e.g. a cohort row's conflicting NHS numbers)."""
         said = log_text or reason
+        shown = study_uid or ("a patient" if hospital_id else target)
+        if not self.cfg.logging.identifiers_in_logs:  # folders may be named by patient: the catalog keeps paths
+            said = public_paths(said)
+            if not (study_uid or hospital_id) and looks_like_path(target):
+                shown = public_paths(target) if stage in ("inputs", "report") else "a file"
         if self.cat.record_failure(self.run_id, stage, target, reason, study_uid,
                                    type(exc).__name__ if exc else None, hospital_id=hospital_id):
             self.summary.counts["new_failures"] += 1
-            log.warning("%s %s: %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
-                        terminal(said))
+            log.warning("%s %s: %s", stage, terminal(shown), terminal(said))
         else:  # already on file from an earlier run
-            log.debug("%s %s (again): %s", stage, terminal(study_uid or ("a patient" if hospital_id else target)),
-                      terminal(said))
+            log.debug("%s %s (again): %s", stage, terminal(shown), terminal(said))
 
     # -- start-up checks ----------------------------------------------------------
     def _probe(self, what: str, fn) -> list[str] | str:
@@ -271,7 +275,8 @@ class UpdateRun:
         """
         rows = self.cat.query_dicts(
             "SELECT s.study_uid, s.project, s.subject AS old_subject, p.subject AS new_subject, s.label, s.state, "
-            "s.location, s.hospital_id FROM sessions s JOIN patients p USING (hospital_id) "
+            "s.location, s.hospital_id, coalesce(s.store_label, s.label) AS store_label "
+            "FROM sessions s JOIN patients p USING (hospital_id) "
             "WHERE s.subject <> p.subject ORDER BY s.study_uid")
         now = dt.datetime.now
         for r in rows:
@@ -279,7 +284,8 @@ class UpdateRun:
             taken = self.cat.execute("SELECT 1 FROM sessions WHERE project = ? AND subject = ? AND label = ?",
                                      [r["project"], new, r["label"]]).fetchone()
             if taken:
-                self.fail("relabel", uid, f"cannot move session {r['label']} to its corrected subject: a session "
+                # sessions are named as the store names them (a pseudonym when pseudonymised, never the accession)
+                self.fail("relabel", uid, f"cannot move session {r['store_label']} to its corrected subject: a session "
                                           "with that label is already there", uid, hospital_id=r["hospital_id"])
                 continue
             if r["state"] != "stored":  # not in the store yet: the catalog alone says where it will go
@@ -290,7 +296,8 @@ class UpdateRun:
             if self.cfg.pseudo.enabled:
                 detail = ("pseudonymised sessions carry the subject pseudonym inside every file: delete the old "
                           "session from the store and run `rtlake update --patient <hospital id>` to store it again")
-                self.fail("relabel", uid, f"session {r['label']} not moved: {detail}", uid, hospital_id=r["hospital_id"])
+                self.fail("relabel", uid, f"session {r['store_label']} not moved: {detail}", uid,
+                          hospital_id=r["hospital_id"])
                 continue
             try:
                 loc = self.store.move_session(r["project"], old, new, r["label"])
@@ -690,6 +697,10 @@ class UpdateRun:
             # a later re-ingest must start from the original names, and `location` says where the copy is.
             con.execute("UPDATE sessions SET state='stored', location=?, n_scans=?, n_files=?, stored_run=? "
                         "WHERE study_uid=?", [res.location, len(res.scans), len(res.files), self.run_id, uid])
+            sp = res.plan  # the names the store holds (pseudonyms when pseudonymised): the link to the lake
+            con.execute("UPDATE sessions SET store_subject=?, store_label=?, store_study_uid=?, store_study_date=?, "
+                        "store_description=? WHERE study_uid=?", [sp.subject, sp.label, sp.study.study_uid,
+                                                                  sp.study.study_date, sp.study.description, uid])
             for s in res.scans:
                 con.execute("INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?)",
                             [uid, s.series_uid, s.scan_id, s.modality, s.description, s.n_files])
@@ -870,7 +881,7 @@ def run_update(cfg: Config, show_progress: bool = True, build_report: bool = Tru
         ConfigError: the configuration cannot work (checked before anything is touched).
     """
     check_preconditions(cfg)
-    with private_umask(), run_lock(cfg.state_dir):
+    with private_umask(), pseudonymous_logs(cfg), run_lock(cfg.state_dir):
         cat = Catalog(cfg.catalog_path)
         try:
             with _progress(show_progress) as progress:
@@ -938,6 +949,10 @@ def _run_steps(run: UpdateRun, cfg: Config, build_report: bool, full: bool, pati
         if unknown:
             raise RunFailed(f"--patient: {len(unknown)} of the given IDs are not living members of the cohort "
                             f"({cfg.inputs.cohort})")
+    if cfg.pseudo.enabled:  # sessions stored before the catalog kept the store's names (issue 15)
+        from .pseudo.store_names import fill_store_names
+
+        fill_store_names(cfg, run.cat)
     run.relabel_sessions()
     run.harvest(alive, full=full, only=patients)
     todo = run.select()

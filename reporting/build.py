@@ -32,7 +32,7 @@ from ingest.errors import InputFileError
 from ingest.patients import InputProblem
 
 from . import edw
-from .catalog_source import cohort_notes, cohort_subjects, sessions_from_catalog
+from .catalog_source import cohort_notes, cohort_subjects, pseudonymised, sessions_from_catalog
 from .dates import parse_date
 from .history import history_rows, import_failure_file, source_files
 from .html import write_report
@@ -217,10 +217,13 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
     today = dt.date.today()
     for p in data.problems:
         log.warning("%s", public_text(p))  # no NHS numbers in logs; the Problems sheet has the full text
+    # The store's names only exist for sessions read from the catalog (not from XNAT folder listings).
+    linked = "store_uid" in data.sessions.columns and (cfg.pseudo.enabled or pseudonymised(data.sessions))
     sheet: MasterSheet = build_master(
         data.sessions, data.reference_dates, failures=_failures_long(data.failures),
         slots_per_modality=cfg.report.slots_per_modality, subjects=data.subjects,
         placeholder_dates=_placeholders(cfg), notes=data.notes,
+        pseudonymised=linked,
     )
     # Memory at trust scale (issue 18, bench_master.py: 2 M sessions): the long session table and
     # the sheet's typed grids are not needed once the sheet is rendered; letting them go before the
@@ -248,6 +251,8 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
         "markers": "null = no session in this slot / no value (a session without a date has a null Difference); "
                    "not applicable = no reference date; Notes = why a subject has nothing to show",
         "own_failures": f"{sum(1 for f in data.own if f.open)} open, {sum(1 for f in data.own if not f.open)} resolved",
+        "pseudonymised": ("yes: Subject, {MOD} ID and {MOD} UID are the identified (PACS) values; Subject Pseudonym "
+                          "and {MOD} Pseudonymised Session / UID are what the store holds") if linked else "no",
     }
     scans_cols = [c for c in table.columns if " Scans " in c]
     xlsx = edw.write_xlsx(

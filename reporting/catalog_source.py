@@ -6,14 +6,16 @@ import pandas as pd
 
 from ingest.catalog import Catalog
 
-from .master import LONG_COLUMNS
+from .master import LONG_COLUMNS, STORE_COLUMNS
 
 
 def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
-    """Stored sessions as LONG_COLUMNS; the subject comes from the cohort (NHS number or NN_<id>).
+    """Stored sessions as LONG_COLUMNS + STORE_COLUMNS; the subject comes from the cohort (NHS number or NN_<id>).
 
     The session label doubles as the ID column (it is what XNAT shows as the session label);
-    Scans is the number of series the store holds for it.
+    Scans is the number of series the store holds for it. The identified columns are the
+    catalog's (PACS accession-based label, PACS StudyInstanceUID); STORE_COLUMNS are the names
+    the store holds, which differ when the session was pseudonymised (see `pseudonymised`).
     """
     sql = """
         SELECT coalesce(p.subject, s.subject) AS subject,
@@ -23,7 +25,10 @@ def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
                s.label AS session_id,
                s.study_uid AS uid,
                CAST(coalesce(sc.n, s.n_scans) AS VARCHAR) AS scans,
-               coalesce(s.store, 'catalog') AS source
+               coalesce(s.store, 'catalog') AS source,
+               coalesce(s.store_subject, s.subject) AS store_subject,
+               coalesce(s.store_label, s.label) AS store_session,
+               coalesce(s.store_study_uid, s.study_uid) AS store_uid
         FROM sessions s
         LEFT JOIN patients p ON p.hospital_id = s.hospital_id
         LEFT JOIN (SELECT study_uid, count(*) AS n FROM scans GROUP BY study_uid) sc ON sc.study_uid = s.study_uid
@@ -31,7 +36,19 @@ def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
     """
     with catalog._lock:
         df = catalog.con.execute(sql).df()
-    return df.reindex(columns=list(LONG_COLUMNS))
+    return df.reindex(columns=list(LONG_COLUMNS + STORE_COLUMNS))
+
+
+def pseudonymised(sessions: pd.DataFrame) -> bool:
+    """True when any stored session has other names in the store than in the catalog.
+
+    Decided from the data, not from today's `[pseudo] enabled`: sessions pseudonymised by earlier
+    runs stay pseudonymised in the store whatever the config says now.
+    """
+    if sessions.empty or "store_uid" not in sessions.columns:
+        return False
+    return bool((sessions["store_uid"].astype(str) != sessions["uid"].astype(str)).any()
+                or (sessions["store_session"].astype(str) != sessions["session_id"].astype(str)).any())
 
 
 def cohort_subjects(catalog: Catalog) -> list[str]:

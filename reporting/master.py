@@ -17,6 +17,12 @@ Date and its Difference (as the SOP script writes it); a dated session of a subj
 reference date has Difference `not applicable`, as is a missing Reference Date. Differences are
 signed days: session date minus RT start, so pre-treatment imaging is negative.
 
+With pseudonymisation (`pseudonymised=True`) the sheet stays on the identified side — Subject is
+the NHS number, `{MOD} ID`/`{MOD} UID` the PACS's accession-based label and StudyInstanceUID —
+and gains the link to the store: `Subject Pseudonym` after Subject, and per slot
+`{MOD} Pseudonymised Session i` and `{MOD} Pseudonymised UID i` (the store's session label and
+study UID) before Scans. Without it nothing changes, so the EDW's layout stays as it was.
+
 Scheduled-date placeholders (2099-01-01: booked, never performed) never become sessions or
 failure slots: the SOP's script drops them, and a difference of 28,000 days is noise to the EDW.
 `Notes` says, for a subject with nothing to show, why (never harvested, deceased, only excluded
@@ -45,6 +51,9 @@ SOP_MODALITIES: tuple[str, ...] = ("MR", "CT", "PET", "CR", "DX", "RF", "SR", "X
 _ALIASES = {"PT": "PET", "MRI": "MR"}
 
 LONG_COLUMNS: tuple[str, ...] = ("subject", "modality", "session", "date", "session_id", "uid", "scans", "source")
+#: What the store calls the session (pseudonyms when pseudonymised), read only for a pseudonymised sheet.
+STORE_COLUMNS: tuple[str, ...] = ("store_subject", "store_session", "store_uid")
+PSEUDONYM = "Subject Pseudonym"
 FAILURE_COLUMNS: tuple[str, ...] = ("subject", "date", "modality", "accession", "uid", "description", "status")
 
 
@@ -85,6 +94,10 @@ _MOD_FIELDS = (
     ("UID", "uid", "text"),
     ("Scans", "scans", "text"),
 )
+_MOD_FIELDS_PSEUDO = _MOD_FIELDS[:4] + (
+    ("Pseudonymised Session", "store_session", "text"),
+    ("Pseudonymised UID", "store_uid", "text"),
+) + _MOD_FIELDS[4:]
 _FAIL_FIELDS = (
     ("Date", "date", "date"),
     ("Difference from Reference Date", "diff", "diff"),
@@ -114,17 +127,25 @@ class MasterSheet:
     slots: dict[str, int]
     counts: dict[str, int] = field(default_factory=dict)
     notes: np.ndarray | None = None  # object: a note per subject, None = no note
+    pseudonyms: np.ndarray | None = None  # object: the store's subject label(s); None = not pseudonymised
+
+    @property
+    def head(self) -> list[str]:
+        return ["Subject"] + ([PSEUDONYM] if self.pseudonyms is not None else []) + ["Reference Date"]
 
     @property
     def columns(self) -> list[str]:
-        return ["Subject", "Reference Date"] + [
+        return self.head + [
             b.header(label, i) for b in self.blocks for i in range(1, self.slots[b.key] + 1) for label, _, _ in b.fields
         ] + [NOTES]
 
     @property
     def frame(self) -> pd.DataFrame:
         """The typed arrays as a DataFrame (for inspection; the outputs use `rendered()`)."""
-        cols: dict[str, np.ndarray] = {"Subject": self.subjects, "Reference Date": self.reference_dates}
+        cols: dict[str, np.ndarray] = {"Subject": self.subjects}
+        if self.pseudonyms is not None:
+            cols[PSEUDONYM] = self.pseudonyms
+        cols["Reference Date"] = self.reference_dates
         for b in self.blocks:
             for i in range(self.slots[b.key]):
                 for label, column, _ in b.fields:
@@ -148,8 +169,14 @@ class MasterSheet:
         # without a copy and without per-column type inference (which would copy it again).
         out = np.empty((n, len(cols)), dtype=object)
         out[:, 0] = self.subjects
-        out[:, 1] = _dates(self.reference_dates, NOT_APPLICABLE)
-        j = 2
+        j = 1
+        if self.pseudonyms is not None:
+            names = self.pseudonyms.copy()
+            names[pd.isna(names)] = NULL
+            out[:, j] = names
+            j += 1
+        out[:, j] = _dates(self.reference_dates, NOT_APPLICABLE)
+        j += 1
         for b in self.blocks:
             k, nf = self.slots[b.key], len(b.fields)
             cube = np.empty((n, k, nf), dtype=object)
@@ -207,6 +234,7 @@ def build_master(
     con: duckdb.DuckDBPyConnection | None = None,
     placeholder_dates: Sequence[dt.date] = (),
     notes: dict[str, str] | None = None,
+    pseudonymised: bool = False,
 ) -> MasterSheet:
     """Pivot the long session table (LONG_COLUMNS) and failures (FAILURE_COLUMNS) to the wide sheet.
 
@@ -214,15 +242,18 @@ def build_master(
     gets a row anyway. `modalities` fixes the block order (default: SOP order, then others).
     Sessions and failures dated on one of `placeholder_dates` are left out (counted). `notes`
     gives the reason for subjects that end up with nothing to show (default DEFAULT_NOTE).
+    `pseudonymised` adds the store's names (STORE_COLUMNS of `sessions`) beside the identified ones.
     """
     own = con is None
     con = con or duckdb.connect()
     try:
         sheet = _build(con, sessions, reference_dates, failures, slots_per_modality, subjects, modalities,
-                       placeholder_dates)
+                       placeholder_dates, pseudonymised)
     finally:
         if own:
             con.close()
+    if pseudonymised:
+        sheet.pseudonyms = _pseudonyms(sessions, sheet.subjects)
     empty = sum(sheet.used.values()) == 0 if sheet.used else np.ones(len(sheet.subjects), dtype=bool)
     given = notes or {}
     sheet.notes = np.array([given.get(s, DEFAULT_NOTE) if e else None for s, e in zip(sheet.subjects, empty)],
@@ -231,9 +262,18 @@ def build_master(
     return sheet
 
 
+def _pseudonyms(sessions: pd.DataFrame, subjects: np.ndarray) -> np.ndarray:
+    """Per subject, the store's subject label(s) of its sessions ("; " between several); None without."""
+    if "store_subject" not in sessions.columns or sessions.empty:
+        return np.full(len(subjects), None, dtype=object)
+    pairs = sessions[["subject", "store_subject"]].dropna().astype(str).drop_duplicates()
+    names = pairs.groupby("subject")["store_subject"].agg(lambda v: "; ".join(sorted(v)))
+    return np.array([names.get(str(s)) for s in subjects], dtype=object)
+
+
 def _build(con, sessions, reference_dates, failures, slots_min, subjects, modalities,
-           placeholder_dates=()) -> MasterSheet:
-    sess = _view(sessions, LONG_COLUMNS)
+           placeholder_dates=(), pseudonymised: bool = False) -> MasterSheet:
+    sess = _view(sessions, LONG_COLUMNS + (STORE_COLUMNS if pseudonymised else ()))
     fails = _view(failures if failures is not None else pd.DataFrame(columns=list(FAILURE_COLUMNS)), FAILURE_COLUMNS)
     refs = pd.DataFrame({"subject": list(reference_dates.keys()), "ref_date": list(reference_dates.values())})
     extra = pd.DataFrame({"subject": list(subjects)})
@@ -278,7 +318,8 @@ def _build(con, sessions, reference_dates, failures, slots_min, subjects, modali
     for k in most:
         if k != FAILURE_KEY and k not in mods:
             mods.append(k)
-    blocks = [Block(m, _MOD_FIELDS, m) for m in mods] + [Block("Failure", _FAIL_FIELDS, FAILURE_KEY)]
+    fields = _MOD_FIELDS_PSEUDO if pseudonymised else _MOD_FIELDS
+    blocks = [Block(m, fields, m) for m in mods] + [Block("Failure", _FAIL_FIELDS, FAILURE_KEY)]
     slots = {b.key: max(slots_min, int(most.get(b.key, 0))) for b in blocks}
 
     # Pivot: DuckDB gives every session its row (subject index) and column (block, slot);

@@ -6,11 +6,17 @@ table, reproduced in TYPES below). rtlake writes the same files so the downstrea
 `reporting.xnat_folder` keep working, whether the sessions are known from rtlake's own catalog
 or read from an XNAT server's experiment search.
 
+From the catalog the listings name what the store holds (research side): with pseudonymisation
+the subject and session pseudonyms, the pseudonymous StudyInstanceUID, the shifted date and the
+cleaned description, so every row can be found in the lake and none re-identifies anyone.
+`identified=True` lists the catalog's identified names instead (NHS number, accession-based
+label, the PACS's UID and date), for the admin on the identified side.
+
 Column meanings (what XNAT's listing shows; where the catalog has no such field, the nearest one):
-  Subject             subject label: NHS number or NN_<hospital id>
+  Subject             subject label: the store's (pseudonym, or NHS number / NN_<hospital id>)
   Date                session date, YYYY-MM-DD
-  MR ID / XNAT_<T> ID session label (the accession number, or the RT label)
-  UID                 StudyInstanceUID
+  MR ID / XNAT_<T> ID session label (the store's: pseudonym, or the accession number / RT label)
+  UID                 StudyInstanceUID (the store's)
   ID                  XNAT experiment ID (XNAT_E…); from the catalog, the ID in the store location
                       when it has one, else the session label
   Scans               number of scans (series) in the session
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.atomic import write_text
+from ingest.errors import RtlakeError
 
 from . import sanitise
 
@@ -125,12 +132,37 @@ def _date(value: Any) -> str:
 _XNAT_ID = re.compile(r"/data/experiments/([^/?#]+)")
 
 
-def rows_from_catalog(catalog: "Catalog") -> tuple[dict[str, list[dict]], dict[str, int]]:
-    """Stored sessions of the catalog, grouped by SOP type; other modalities counted apart."""
-    sql = """
-        SELECT coalesce(p.subject, s.subject) AS subject, s.study_date AS date, s.label AS label,
-               s.study_uid AS study_uid, s.location AS location, upper(coalesce(s.modality, '')) AS modality,
-               coalesce(sc.n, s.n_scans, 0) AS n_scans, coalesce(st.description, '') AS session_type
+class StoreNamesMissing(RtlakeError):
+    """Pseudonymised sessions whose store names the catalog does not hold yet."""
+
+
+#: What the store holds for a session, and (identified) what the catalog knows it as.
+_STORE_NAMES = """coalesce(s.store_subject, s.subject) AS subject, coalesce(s.store_study_date, s.study_date) AS date,
+               coalesce(s.store_label, s.label) AS label, coalesce(s.store_study_uid, s.study_uid) AS study_uid,
+               coalesce(s.store_description, st.description, '') AS session_type"""
+_IDENTIFIED = """coalesce(p.subject, s.subject) AS subject, s.study_date AS date, s.label AS label,
+               s.study_uid AS study_uid, coalesce(st.description, '') AS session_type"""
+
+
+def rows_from_catalog(catalog: "Catalog", identified: bool = False,
+                      pseudonymised: bool = False) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Stored sessions of the catalog, grouped by SOP type; other modalities counted apart.
+
+    Raises:
+        StoreNamesMissing: `pseudonymised` and some sessions were stored before the catalog kept
+            the store's names (the next `rtlake update` records them); listing their identified
+            names instead would put identifiers in a research-side file.
+    """
+    if pseudonymised and not identified:
+        n = catalog.execute("SELECT count(*) FROM sessions WHERE state = 'stored' AND store_subject IS NULL"
+                            ).fetchone()[0]
+        if n:
+            raise StoreNamesMissing(f"{n} stored session(s) have no store (pseudonymous) names in the catalog yet: "
+                                    "run `rtlake update` once to record them (or use --identified)")
+    sql = f"""
+        SELECT {_IDENTIFIED if identified else _STORE_NAMES},
+               s.location AS location, upper(coalesce(s.modality, '')) AS modality,
+               coalesce(sc.n, s.n_scans, 0) AS n_scans
         FROM sessions s
         LEFT JOIN patients p ON p.hospital_id = s.hospital_id
         LEFT JOIN (SELECT study_uid, count(*) AS n FROM scans GROUP BY study_uid) sc ON sc.study_uid = s.study_uid
@@ -163,8 +195,9 @@ def rows_from_xnat(store: "XnatStore") -> dict[str, list[dict]]:
     return out
 
 
-def export_from_catalog(catalog: "Catalog", out_dir: Path) -> ExportResult:
-    rows, skipped = rows_from_catalog(catalog)
+def export_from_catalog(catalog: "Catalog", out_dir: Path, identified: bool = False,
+                        pseudonymised: bool = False) -> ExportResult:
+    rows, skipped = rows_from_catalog(catalog, identified, pseudonymised)
     result = write_listings(rows, out_dir, skipped)
     if skipped:
         log.info("sessions of other types not listed: %s", skipped)

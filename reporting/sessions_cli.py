@@ -36,8 +36,15 @@ def sessions(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Folder for MR.csv … XA.csv (default: session-csvs/<today>)."),
     source: From = typer.Option(From.catalog, "--from", help="Read sessions from the catalog or from XNAT."),
+    identified: bool = typer.Option(False, "--identified", help="List the catalog's identified names (NHS number, "
+                                    "accession label, PACS UID and date) instead of what the store holds (pseudonyms "
+                                    "when pseudonymised). For the admin: the files then identify patients."),
 ) -> None:
-    """Write MR.csv, CT.csv, PET.csv, CR.csv, DX.csv, RF.csv, SR.csv and XA.csv (SOP columns)."""
+    """Write MR.csv, CT.csv, PET.csv, CR.csv, DX.csv, RF.csv, SR.csv and XA.csv (SOP columns).
+
+    The rows name sessions as the store holds them: pseudonyms when pseudonymisation is on, so the
+    listings are research-side files. --identified gives the identified names (catalog only).
+    """
     from ingest.cli import load
     from ingest.errors import RtlakeError
 
@@ -45,6 +52,9 @@ def sessions(
 
     cfg = load(config)
     out_dir = out or Path("session-csvs") / dt.date.today().isoformat()
+    if identified and source is From.xnat:
+        console.print("[red]error:[/red] --identified lists the catalog's identified names; use it with --from catalog")
+        raise typer.Exit(2)
     try:
         if source is From.xnat:
             from ingest.stores.xnat import XnatStore
@@ -63,10 +73,12 @@ def sessions(
                 raise typer.Exit(1)
             cat = Catalog(cfg.catalog_path, read_only=True)
             try:
-                result = export_from_catalog(cat, out_dir)
+                result = export_from_catalog(cat, out_dir, identified=identified, pseudonymised=cfg.pseudo.enabled)
             finally:
                 cat.close()
     except RtlakeError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     typer.echo(result.describe())
+    if identified:
+        typer.echo("these listings name patients (identified side): keep them inside the trust")

@@ -41,7 +41,11 @@ def test_batch_from_xlsx_list_with_xml_and_a_bad_file(tmp_path, pseudo_key):
     cfg = _config(tmp_path)
     res = _cli("pseudo", "run", "--list", "patients.xlsx", "-o", "out", "-c", str(cfg), cwd=tmp_path)
     assert res.returncode == 1, res.stdout + res.stderr  # one file failed
-    assert "readme.dcm" in res.stderr and "not a readable DICOM file" in res.stderr
+    # input folders are named by patient: the console names the file by its place, never by its path
+    bob = tmp_path / "Jones_Bob"
+    place = sorted(f.relative_to(bob).parts for f in bob.rglob("*") if f.is_file()).index(("readme.dcm",)) + 1
+    assert f"FAILED input 2, file {place}: not a readable DICOM file" in res.stderr
+    assert "Jones" not in res.stdout + res.stderr and "Smithson" not in res.stdout + res.stderr
     n = len(a.all_dicom) + len(b.all_dicom)
     assert f"{n} DICOM and 2 XML files from 2 input(s), 2 patient(s)" in res.stdout
 

@@ -32,10 +32,7 @@ register_identifiers({"BADINPUT01": "hospital_id", "BADINPUT^PATIENT": "name", "
 RTLAKE = [sys.executable, "-m", "ingest.cli"]
 
 # file -> why it is expected to fail today (owner's file in the reason)
-KNOWN_GAPS = {
-    "rt/odd_contour_points/RS.dcm": "ingest/rt: ContourData whose length is not a multiple of 3 converts "
-                                    "without a warning or failure row",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 _outcomes: dict[str, str] = {}  # file -> how rtlake handled it (for the figures)
 

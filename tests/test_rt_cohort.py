@@ -73,12 +73,13 @@ def test_cli_convert_cohort_on_dask(rt_cohort_input, tmp_path):
     assert all(reason for _, reason, _ in fails)
     assert runs[0][0] == "done" and json.loads(runs[0][1])["rt_success"] == 4
 
-    # Re-run (serial, in-process): finished patients are skipped; quarantined/excluded ones are looked at again (the
-    # lake may have changed) and give the same failures, which are not new catalog rows.
+    # Re-run (serial, in-process): complete conversions with unchanged inputs are skipped; PARTIAL, quarantined and
+    # excluded patients are looked at again (the missing dose or decision may have arrived) and give the same
+    # failures, which are not new catalog rows.
     r2 = _in_process("rt", "convert", "-c", str(cfg), "--input", str(root), "--no-progress", "--serial")
     assert r2.exit_code == 0, r2.output[-3000:]
-    done = sum(1 for s in expect.values() if s in ("SUCCESS", "PARTIAL"))
-    assert f"{done} skipped" in r2.output
+    done = sum(1 for s in expect.values() if s == "SUCCESS")
+    assert f"{done} skipped" in r2.output and "2 partial, 1 quarantined, 2 excluded" in r2.output
     con = duckdb.connect(str(tmp_path / "state" / "catalog.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM failures WHERE stage = 'rt'").fetchone()[0] == len(fails)
     con.close()

@@ -106,7 +106,7 @@ def _read_dvh(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def test_dvh_metrics_match_closed_forms(tmp_path):
-    """Linear dose D = 20 + 0.5·x (Gy, x in mm) over a sphere and a box."""
+    """Linear dose D = 20 + 0.5·x (Gy, x in mm) over a sphere and a box (voxel method)."""
     g = P.ct_grid(shape=(36, 80, 80), spacing=(1.0, 1.0, 2.0))
     R, xc = 20.0, 3.0
     W, bxc = 30.0, -4.0
@@ -115,13 +115,13 @@ def test_dvh_metrics_match_closed_forms(tmp_path):
     ps = P.write_phantom(tmp_path / "in", g, shapes, dose_grid=P.standard_dose_grid(g, (2.5, 2.5, 2.5), margin=5.0),
                          dose_fn=P.linear_dose([20.0, 0.0, 0.0, 0.0], [grad, 0.0, 0.0]), dose_scaling=1e-5)
     res = convert_patient(PatientJob("A", [str(p) for fs in ps.files.values() for p in fs], str(tmp_path / "out")),
-                          ConvertOptions(previews=False, html=False, dvh=DvhSpec(v_gy=(20.0, 22.0))))
+                          ConvertOptions(previews=False, html=False, dvh=DvhSpec(v_gy=(20.0, 22.0)), dvh_method="voxel"))
     assert res.status == "SUCCESS", res.failures
     rows = _read_dvh(tmp_path / "out" / "A")
     dose = lambda x: 20.0 + grad * x  # noqa: E731
     tol = grad * 1.0  # one CT pixel of gradient
 
-    s = {k: float(v) for k, v in rows["Sphere"].items() if k not in ("patient", "study_uid", "roi", "warnings") and v}
+    s = {k: float(v) for k, v in rows["Sphere"].items() if k not in ("patient", "study_uid", "roi", "warnings", "dvh_method") and v}
     frac_hotter = lambda h: h * h * (3 * R - h) / (4 * R**3)  # noqa: E731 - cap of height h
     def d_x(pct):  # dose whose hotter cap holds pct % of the sphere
         h = brentq(lambda h: frac_hotter(h) - pct / 100, 0, 2 * R)
@@ -134,7 +134,7 @@ def test_dvh_metrics_match_closed_forms(tmp_path):
     h22 = xc + R - (22.0 - 20.0) / grad
     assert abs(s["V22Gy_pct"] - 100 * frac_hotter(h22)) < 1.5
 
-    b = {k: float(v) for k, v in rows["Box"].items() if k not in ("patient", "study_uid", "roi", "warnings") and v}
+    b = {k: float(v) for k, v in rows["Box"].items() if k not in ("patient", "study_uid", "roi", "warnings", "dvh_method") and v}
     x0 = bxc - W / 2
     assert abs(b["volume_cc"] / shapes[1].polygon_cc - 1) < 0.01  # slab convention: 16 planes × 2 mm
     assert abs(b["Dmean_Gy"] - dose(bxc)) < 0.05
@@ -153,7 +153,8 @@ def test_supersampling_small_structure_dvh(tmp_path):
     out = {}
     for f in (1, 4):
         res = convert_patient(PatientJob(f"S{f}", files, str(tmp_path / "out")),
-                              ConvertOptions(previews=False, html=False, supersample=f, supersample_below_cc=1.0))
+                              ConvertOptions(previews=False, html=False, supersample=f, supersample_below_cc=1.0,
+                                             dvh_method="voxel"))
         assert res.status == "SUCCESS"
         out[f] = _read_dvh(tmp_path / "out" / f"S{f}")["Tiny"]
     assert out[4]["supersample"] == "4" and out[1]["supersample"] == "1"

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ingest.cli import app
 from ingest.rt import phantoms as P
 from ingest.rt.convert import ConvertOptions, PatientJob, convert_patient
+from ingest.rt.report_html import svg_curve_ids
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,10 @@ def test_dose_previews_and_page(decubitus_set):
         png = (folder / "previews" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     page = (folder / "report.html").read_text()
-    # three previews inlined as PNG; the DVH plot is inline SVG with one curve per structure
+    # three previews as PNG; the DVH plot is inline SVG with one toggleable curve per structure
     assert page.count("data:image/png;base64,") == 3 and "D95pct_Gy" in page and "SUCCESS" in page
-    assert page.count("<svg") == 1 and all(f'id="series-{n}"' in page for n in range(3))
+    assert page.count("<svg") == 1 and sorted(set(svg_curve_ids(page))) == ["series-0", "series-1", "series-2"]
+    assert page.count("onchange='dvhToggle(") == 3
 
 
 def test_rt_link_command_shows_the_course(decubitus_set):

@@ -149,9 +149,9 @@ def test_pacs_dying_mid_harvest_stops_the_run(orthanc_loaded, pacs_cohort, tmp_p
         f'[store.lake]\npath = "lake"\n[report]\noutbox = "outbox"\n')
     real_hit = failpoints.hit
 
-    def hit(name: str) -> None:  # the PACS dies once the first patient is harvested
+    def hit(name: str) -> None:  # the PACS stops answering (503 to everything) once the first patient is done
         if name == "harvest.patient":
-            proxy.stop()
+            proxy.faults, proxy.fault_rate = ("http503",), 1.0
         real_hit(name)
 
     monkeypatch.setattr(failpoints, "hit", hit)
@@ -159,8 +159,9 @@ def test_pacs_dying_mid_harvest_stops_the_run(orthanc_loaded, pacs_cohort, tmp_p
         summary = run_update(load_config(tmp_path / "rtlake.toml"), show_progress=False)
     finally:
         proxy.stop()
-    assert summary.status == "failed" and summary.exit_code == 4
-    assert "after 2 failed patient queries in a row" in summary.message
+    assert summary.status == "failed" and summary.exit_code == 4, (summary.status, summary.message, summary.counts,
+                                                                    dict(proxy.counters))
+    assert "after 2 failed patient queries in a row" in summary.message, summary.message
     assert summary.counts["patients_queried"] == 1
     assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
 

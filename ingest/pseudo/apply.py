@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from ..atomic import atomic_path
 from ..errors import InputFileError, PermanentError
@@ -107,8 +106,10 @@ class Pseudonymiser:
         for path in files:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                outcome.problems.append((str(path), f"not a readable DICOM file: {type(exc).__name__}"))
+            except Exception as exc:  # noqa: BLE001 - pydicom raises struct.error, KeyError… on garbage: one file's problem
+                name = type(exc).__name__
+                name = f"{type(exc).__module__}.{name}" if name.islower() else name  # struct.error, not "error"
+                outcome.problems.append((str(path), f"not a readable DICOM file: {name}"))
                 continue
             missing = [k for k in _REQUIRED_UIDS if not str(ds.get(k, "") or "").strip()]
             if missing:
@@ -186,10 +187,10 @@ class Pseudonymiser:
         )
 
 
-def _setup(cfg, plan: SessionPlan):
+def _setup(cfg, plan: SessionPlan, key: PseudoKey | None = None, profile: Profile | None = None):
     pcfg = cfg.pseudo
-    key = load_key(pcfg.key_env)
-    profile = load_profile(pcfg.profile)
+    key = key or load_key(pcfg.key_env)
+    profile = profile or load_profile(pcfg.profile)
     opts = profile.options
     subject = key.pseudonym("subject", plan.subject, prefix=opts.patient_prefix)
     label = key.pseudonym("session", f"{plan.project}/{plan.label}", prefix=opts.session_prefix)
@@ -200,7 +201,8 @@ def _setup(cfg, plan: SessionPlan):
     return key, profile, pz, subject, label, probe
 
 
-def pseudonymise_plan(cfg, plan: SessionPlan) -> SessionPlan:
+def pseudonymise_plan(cfg, plan: SessionPlan, key: PseudoKey | None = None,
+                      profile: Profile | None = None) -> SessionPlan:
     """The plan as `pseudonymise_for_store` will return it, computed without files or writes.
 
     Lets a run ask a store `has_session(pseudonymous plan)` before retrieving anything.
@@ -210,7 +212,7 @@ def pseudonymise_plan(cfg, plan: SessionPlan) -> SessionPlan:
     Raises:
         ConfigError: as for `pseudonymise_for_store`.
     """
-    _, _, pz, subject, label, probe = _setup(cfg, plan)
+    _, _, pz, subject, label, probe = _setup(cfg, plan, key, profile)
     study = pz.study_record(plan.study, pz.context(probe))
     return dataclasses.replace(plan, subject=subject, label=label, study=study, hospital_id="")
 
@@ -264,5 +266,9 @@ def pseudonymise_for_store(cfg, plan: SessionPlan, files: list[Path], scratch: P
     with MappingTable(pcfg.mapping, key.fingerprint) as table:
         table.record(rows)
     new_plan = dataclasses.replace(plan, subject=subject, label=label, study=study, hospital_id="")
-    log.info("study %s pseudonymised (%d files)", plan.study.study_uid, len(outcome.written))
+    # What a store or the log may name from now on: the pseudonymous UIDs (see .redact).
+    from .redact import remember_pseudonyms
+
+    remember_pseudonyms(pz.remapper.seen.values())
+    log.info("study %s pseudonymised as session %s (%d files)", study.study_uid, label, len(outcome.written))
     return new_plan, sorted(outcome.written.values()) + written_xml

@@ -39,6 +39,7 @@ def run(
     from .batch import read_input_list, run_batch
     from .keys import load_key
     from .profile import load_profile
+    from .redact import UidRedactor, pseudonymous_logs, public_paths
 
     cfg = load(config)
     folders = list(inputs or [])
@@ -50,7 +51,8 @@ def run(
             raise typer.Exit(2)
         key = load_key(cfg.pseudo.key_env)
         profile = load_profile(cfg.pseudo.profile)
-        report = run_batch(key, profile, cfg.pseudo.uid_root, cfg.pseudo.mapping, folders, out)
+        with pseudonymous_logs(cfg, always=True):
+            report = run_batch(key, profile, cfg.pseudo.uid_root, cfg.pseudo.mapping, folders, out)
     except ConfigError as exc:
         _echo_err(f"config error: {exc}")
         raise typer.Exit(2) from None
@@ -66,10 +68,46 @@ def run(
         f"{report.dicom_written} DICOM and {report.xml_written} XML files from {report.inputs} input(s), "
         f"{len(report.patients)} patient(s) → {report.out}; {report.new_mappings} new mapping rows"
     )
-    for path, reason in report.problems:
-        _echo_err(f"FAILED {path}: {reason}")
+    identifiers = cfg.logging.identifiers_in_logs
+    redact = UidRedactor(key, cfg.pseudo.uid_root)
+    shown = _problem_names(folders, report.problems, identifiers)
+    for (_path, reason), name in zip(report.problems, shown):
+        _echo_err(f"FAILED {name}: {reason if identifiers else redact(public_paths(reason))}")
     if report.problems:
+        if not identifiers:
+            where = "`rtlake failures list`" if catalog else "nowhere (--no-catalog)"
+            _echo_err(f"(input folders are named by patient: paths are not printed; the catalog has them: {where}; "
+                      "set logging.identifiers_in_logs = true to print them)")
         raise typer.Exit(1)
+
+
+def _problem_names(inputs: list[Path], problems: list[tuple[str, str]], identifiers: bool) -> list[str]:
+    """How a failed file is named on the console: its path only when identifiers may be shown.
+
+    Otherwise `input N, file K`: the N-th folder given (command line, then --list rows) and the
+    file's place in that folder's sorted listing; the path itself is in the catalog.
+    """
+    if identifiers:
+        return [p for p, _ in problems]
+    from ..bookkeeping import input_files
+
+    roots = [Path(p).resolve() for p in inputs]
+    listings: dict[int, dict[Path, int]] = {}
+    out = []
+    for path, _ in problems:
+        p = Path(path)
+        i = next((n for n, r in enumerate(roots) if p == r or r in p.parents), None)
+        if i is None:
+            out.append("a file")
+            continue
+        if roots[i] == p:
+            out.append(f"input {i + 1}")
+            continue
+        if i not in listings:
+            listings[i] = {f: k for k, f in enumerate(input_files(roots[i]), start=1)}
+        k = listings[i].get(p)
+        out.append(f"input {i + 1}, file {k}" if k else f"input {i + 1}")
+    return out
 
 
 def _record_failures(cfg, problems: list[tuple[str, str]]) -> None:

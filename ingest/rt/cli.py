@@ -15,9 +15,12 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: ./r
 #: Mask output modes (kept in step with ingest.rt.nifti.MASK_MODES by a test; listed here so
 #: `--help` stays fast and a typo is a usage error).
 MaskMode = Literal["per-roi", "labelmap", "bitmask"]
+#: DVH methods (kept in step with ingest.rt.convert.DVH_METHODS by a test).
+DvhMethod = Literal["tps", "voxel"]
 
 _CONVERT_EPILOG = """\
-Reads [rt] output and [rt] scheduler; patients come from the lake in [store.lake] path
+Reads [rt] output, [rt] scheduler, [rt] dvh_method and the [rt.dvh_qa]
+tolerances; patients come from the lake in [store.lake] path
 (project [project] name), or from --input; failures are recorded in the catalog in
 [project] state_dir (stage rt).
 
@@ -32,6 +35,12 @@ Details:
                      CT slice is noted as a warning.
   --sum-beam-doses   a plan with only per-beam doses on one grid: sum
                      them instead of stopping at PARTIAL.
+  --dvh-method       tps: the structure as the planning system builds
+                     it (shape interpolation between contour planes,
+                     tapered end caps; agrees with Eclipse); voxel: the
+                     NIfTI masks' voxels (agrees with plastimatch).
+                     Either way each DVH is checked against the TPS's
+                     stored DVHs ([rt.dvh_qa] tolerances).
   --scheduler        a Dask scheduler address; default: a local cluster
                      of --workers processes, one thread each (--serial:
                      no Dask, for debugging).
@@ -52,10 +61,12 @@ def convert_cmd(
                                                  help="Only this patient (repeatable)."),
     masks: MaskMode = typer.Option("per-roi", help="Mask file layout."),
     compress: bool = typer.Option(True, help="gzip the NIfTI files (.nii.gz)."),
-    supersample: int = typer.Option(1, min=1, max=8, metavar="1-8", help="DVH supersampling factor."),
+    supersample: int = typer.Option(1, min=1, max=8, metavar="1-8", help="DVH supersampling factor (voxel method)."),
     supersample_below: float = typer.Option(10.0, help="Supersample structures below this (cc)."),
     plane_tolerance: float = typer.Option(0.05, help="Contour-to-slice distance warning (mm)."),
     sum_beam_doses: bool = typer.Option(False, help="Sum per-beam doses when no plan dose."),
+    dvh_method: Optional[DvhMethod] = typer.Option(
+        None, "--dvh-method", help="DVH method (default: [rt] dvh_method, tps)."),
     previews: bool = typer.Option(True, help="Write a PNG per structure."),
     html: bool = typer.Option(True, help="Write a per-patient HTML page."),
     progress: bool = typer.Option(True, help="Show a progress bar (only on a terminal)."),
@@ -69,17 +80,21 @@ def convert_cmd(
     from ..catalog import Catalog
     from ..errors import RtlakeError, RunLocked
     from ..lock import run_lock
-    from .cohort import jobs_from_folder, jobs_from_lake, run_cohort, run_serial, write_cohort_dvh, write_cohort_status
+    from .cohort import (jobs_from_folder, jobs_from_lake, run_cohort, run_serial, write_cohort_dvh,
+                         write_cohort_dvh_qa, write_cohort_status)
     from .convert import ConvertOptions, PatientResult
+    from .dvh_qa import QaTolerances
 
     cfg = load(config)
+    method = dvh_method or cfg.rt.dvh_method
     out = (output or cfg.rt.output).resolve()
     if input_dir is not None and not input_dir.is_dir():
         console.print(f"[red]--input {escape(str(input_dir))}: not a folder[/red]")
         raise typer.Exit(2)
     opts = ConvertOptions(mask_mode=masks, compress=compress, supersample=supersample,
                           supersample_below_cc=supersample_below, plane_tol_mm=plane_tolerance,
-                          previews=previews, html=html, force=force, sum_beam_doses=sum_beam_doses)
+                          previews=previews, html=html, force=force, sum_beam_doses=sum_beam_doses,
+                          dvh_method=method, qa=QaTolerances(**cfg.rt.dvh_qa.model_dump()))
     try:
         with run_lock(cfg.state_dir):
             cat = Catalog(cfg.catalog_path)
@@ -99,9 +114,17 @@ def convert_cmd(
                 def record(res: PatientResult) -> None:
                     for f in res.failures:
                         cat.record_failure(run_id, "rt", f.target, f"{f.code}: {f.reason}", f.study_uid, f.code)
-                    if res.status == "SUCCESS" and not res.failures and not res.skipped and res.study_uid:
+                    # A patient converted again: its earlier rt problems that did not come back are resolved
+                    # (a DVH warning that persists stays open, so it is never silently dropped).
+                    if res.status in ("SUCCESS", "PARTIAL") and not res.skipped and res.study_uid:
+                        current = [(f.target, f"{f.code}: {f.reason}") for f in res.failures]
+                        params: list = [run_id, res.study_uid]
+                        keep = ""
+                        if current:
+                            keep = " AND (target, reason) NOT IN (" + ", ".join("(?, ?)" for _ in current) + ")"
+                            params += [x for pair in current for x in pair]
                         cat.execute("UPDATE failures SET resolved_run = ? WHERE stage = 'rt' AND study_uid = ? "
-                                    "AND resolved_run IS NULL", [run_id, res.study_uid])
+                                    "AND resolved_run IS NULL" + keep, params)
 
                 if serial:
                     summary = run_serial(jobs, opts, on_result=record)
@@ -109,6 +132,7 @@ def convert_cmd(
                     summary = run_cohort(jobs, opts, scheduler=scheduler or cfg.rt.scheduler, n_workers=workers,
                                          on_result=record, progress=bars_wanted(progress))
                 summary.dvh_csv = write_cohort_dvh(out, jobs)
+                qa_csv = write_cohort_dvh_qa(out, jobs)
                 write_cohort_status(out, summary)
                 cat.finish_run(run_id, "done", {f"rt_{k}": v for k, v in summary.counts().items()})
             finally:
@@ -131,6 +155,9 @@ def convert_cmd(
             who = r.patient if input_dir is not None else f"study {f.study_uid or '(unknown)'}"
             extra = f" (+{len(r.failures) - 1} more in notes.json)" if len(r.failures) > 1 else ""
             typer.echo(f"  {who}: {r.status}: {f.code}: {_short_paths(f.reason)}{extra}")
+    n_qa = sum(1 for r in summary.results for f in r.failures if f.code == "DVH_WARN_001" and not r.skipped)
+    if qa_csv is not None:
+        typer.echo(f"TPS DVH check: {out / 'dvh_qa.csv'}" + (f" — {n_qa} structure(s) outside tolerance (catalog warnings)" if n_qa else ""))
     typer.echo(f"per patient: {out / 'patients.csv'}")
 
 

@@ -4,8 +4,10 @@ By default a small LocalCluster of worker *processes* (2 × 1 thread: conversion
 and zlib-bound and this is a 2-core machine); `scheduler` connects to an existing
 distributed cluster instead. Workers only read DICOM and write the patient's own output
 folder; every catalog write happens here, in the one process that holds the DuckDB file.
-Patients whose notes.json says SUCCESS/PARTIAL are skipped unless `force`, so an interrupted
-cohort run resumes where it stopped.
+A patient is skipped only when its notes.json says SUCCESS and the fingerprint of its inputs
+(SOPInstanceUIDs and sizes, options) is unchanged, so an interrupted cohort run resumes where
+it stopped, a patient whose course changed is converted again, and NO_RT / PARTIAL /
+QUARANTINE / EXCLUDED patients are looked at again on every convert.
 """
 
 from __future__ import annotations
@@ -59,30 +61,45 @@ def jobs_from_lake(lake_root: Path, project: str, output: Path, catalog=None) ->
     """One job per lake subject: files from the catalog's stored sessions, else from the folder tree.
 
     The catalog is preferred because it lists exactly what a run stored; the folder walk
-    covers lakes copied without their catalog.
+    covers lakes copied without their catalog. Either way a patient is named as the store names
+    it (the lake's subject folder: a pseudonym when pseudonymised), never by the catalog's
+    identified subject label, because the outputs are research-side files.
     """
+    from ..naming import safe
+
     by_subject: dict[str, list[str]] = defaultdict(list)
+    known: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    proj = Path(lake_root) / safe(project)
     if catalog is not None:
         rows = catalog.execute(
-            "SELECT s.subject, f.path FROM sessions s JOIN files f ON f.study_uid = s.study_uid "
-            "WHERE s.state = 'stored' AND s.project = ? ORDER BY s.subject, f.path",
+            "SELECT coalesce(s.store_subject, s.subject), f.path, f.sop_uid, f.size FROM sessions s JOIN files f "
+            "ON f.study_uid = s.study_uid WHERE s.state = 'stored' AND s.project = ? ORDER BY 1, f.path",
             [project],
         ).fetchall()
-        for subject, path in rows:
+        for subject, path, sop, size in rows:
             p = Path(path)
             if not p.is_absolute():
                 p = Path(lake_root) / p
+            subject = lake_subject(p, proj) or subject
             by_subject[subject].append(str(p))
+            known[subject].append((str(sop), int(size or 0)))
     if not by_subject:
-        from ..naming import safe
-
-        proj = Path(lake_root) / safe(project)
         if proj.is_dir():
             for sdir in sorted(x for x in proj.iterdir() if x.is_dir()):
                 files = sorted(str(f) for f in sdir.glob("*/scans/*/*.dcm"))
                 if files:
                     by_subject[sdir.name] = files
-    return [PatientJob(s, files, str(output)) for s, files in sorted(by_subject.items())]
+    # The catalog's (SOPInstanceUID, size) fingerprint the inputs without opening the files.
+    return [PatientJob(s, files, str(output), known.get(s) or None) for s, files in sorted(by_subject.items())]
+
+
+def lake_subject(path: Path, project_dir: Path) -> str | None:
+    """The subject folder a lake file is under (`<project>/<subject>/<session>/…`), or None."""
+    try:
+        parts = Path(path).relative_to(project_dir).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 2 else None
 
 
 def run_cohort(
@@ -161,12 +178,13 @@ def run_serial(jobs: list[PatientJob], opts: ConvertOptions, on_result=None) -> 
     return summary
 
 
-def write_cohort_dvh(output: Path, jobs: list[PatientJob]) -> Path | None:
-    """Concatenate every patient's dvh.csv into `<output>/dvh.csv` (one row per patient × ROI)."""
+def write_cohort_dvh(output: Path, jobs: list[PatientJob], name: str = "dvh.csv") -> Path | None:
+    """Concatenate every patient's `name` (dvh.csv, dvh_qa.csv) into `<output>/<name>` (one row
+    per patient × ROI)."""
     header: list[str] | None = None
     rows: list[list[str]] = []
     for job in jobs:
-        p = patient_dir(job) / "dvh.csv"
+        p = patient_dir(job) / name
         if not p.is_file():
             continue
         with open(p, newline="", encoding="utf-8") as fh:
@@ -188,9 +206,14 @@ def write_cohort_dvh(output: Path, jobs: list[PatientJob]) -> Path | None:
     w = csv.writer(buf)
     w.writerow(header)
     w.writerows([csv_value(v) for v in row] for row in rows)  # ROI names come from the files
-    target = Path(output) / "dvh.csv"
+    target = Path(output) / name
     write_text(target, buf.getvalue())
     return target
+
+
+def write_cohort_dvh_qa(output: Path, jobs: list[PatientJob]) -> Path | None:
+    """`<output>/dvh_qa.csv`: ours vs the TPS's stored DVH, one row per patient × structure."""
+    return write_cohort_dvh(output, jobs, "dvh_qa.csv")
 
 
 def write_cohort_status(output: Path, summary: CohortSummary) -> Path:

@@ -9,6 +9,7 @@ everywhere at once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +23,12 @@ class Grid:
     spacing: tuple[float, float, float]  # (column spacing, row spacing, slice spacing) in mm
     shape: tuple[int, int, int]  # (slices, rows, columns)
 
-    @property
+    @functools.cached_property
     def normal(self) -> np.ndarray:
+        # cached: the RT code asks for it once per contour (thousands of times per structure set)
         return np.cross(self.row_dir, self.col_dir)
 
-    @property
+    @functools.cached_property
     def direction(self) -> np.ndarray:
         """3×3 matrix whose columns are the j, i, k axes (SimpleITK's x, y, z)."""
         return np.column_stack([self.row_dir, self.col_dir, self.normal])

@@ -67,6 +67,8 @@ class Inventory:
     structs: list[StructInfo] = field(default_factory=list)
     plans: list[PlanInfo] = field(default_factory=list)
     doses: list[DoseFileInfo] = field(default_factory=list)
+    #: RTDOSE objects without a dose grid that only carry DVHs (a TPS's companion file)
+    dvh_only: list[DoseFileInfo] = field(default_factory=list)
     other: dict[str, int] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
 
@@ -80,6 +82,7 @@ class Inventory:
             "number_of_RTSTRUCT_instances": len(self.structs),
             "number_of_RTPLAN_instances": len(self.plans),
             "number_of_RTDOSE_instances": len(self.doses),
+            "number_of_DVH_only_RTDOSE_instances": len(self.dvh_only),
             "number_of_unreadable_files": len(self.unreadable),
         }
 
@@ -99,6 +102,8 @@ class Course:
     dose_reason: str = ""
     #: the per-beam doses of the plan when there is no PLAN dose (summed only on request)
     beam_doses: list[DoseFileInfo] = field(default_factory=list)
+    #: DVH-only RTDOSE files of the plan (the TPS's DVHs, when not inside the dose file)
+    dvh_files: list[DoseFileInfo] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 
     def describe(self) -> dict:
@@ -155,9 +160,9 @@ def inventory(paths: list[Path]) -> Inventory:
             )
         elif mod == "RTDOSE":
             plans = tuple(str(r.get("ReferencedSOPInstanceUID", "")) for r in _refs(ds, "ReferencedRTPlanSequence"))
-            inv.doses.append(
-                DoseFileInfo(Path(p), sop, study, for_uid, str(ds.get("DoseSummationType", "") or "").upper(), plans)
-            )
+            info = DoseFileInfo(Path(p), sop, study, for_uid, str(ds.get("DoseSummationType", "") or "").upper(), plans)
+            # No image module: a DVH-only companion, not a second dose competing for the course.
+            (inv.doses if "Rows" in ds or "PixelData" in ds else inv.dvh_only).append(info)
         else:
             inv.other[mod or "?"] = inv.other.get(mod or "?", 0) + 1
     return inv
@@ -165,7 +170,7 @@ def inventory(paths: list[Path]) -> Inventory:
 
 def select_course(inv: Inventory) -> Course:
     """Pick the one CT/RTSTRUCT/RTPLAN/RTDOSE course, or say why not."""
-    if not inv.structs and not inv.plans and not inv.doses:
+    if not inv.structs and not inv.plans and not inv.doses and not inv.dvh_only:
         # Not an RT patient (diagnostic imaging only): nothing to convert, and nothing wrong.
         return Course("NO_RT", "I_EXEC_003", "no RT objects (RTSTRUCT/RTPLAN/RTDOSE) among the patient's files")
     if not inv.structs:
@@ -231,6 +236,8 @@ def select_course(inv: Inventory) -> Course:
         st, ct = linked[0]
         plan = None
     course = Course("LINKED", "II_SUCC_001", "", ct=ct, struct=st, plan=plan, warnings=warnings)
+    if plan is not None:
+        course.dvh_files = sorted((d for d in inv.dvh_only if plan.sop_uid in d.plans), key=lambda d: d.sop_uid)
     # 3. dose of the chosen plan (or, with no plan at all, by frame of reference).
     if plan is not None:
         doses = [d for d in inv.doses if plan.sop_uid in d.plans]

@@ -56,6 +56,10 @@ CODES: dict[str, tuple[str, str]] = {
     "XVI_EXEC_003": (EXCLUDE, "only per-beam/fraction doses: not summed silently"),
     "XXIV_EXEC_003": (EXCLUDE, "maximum dose is not plausible"),
     "DVH_SUCC_001": (PROCEED, "DVHs computed"),
+    "DVH_SUCC_002": (PROCEED, "DVHs agree with the planning system's stored DVHs within tolerance"),
+    "DVH_WARN_001": (WARN, "a structure's DVH is outside tolerance of the planning system's stored DVH"),
+    "DVH_WARN_002": (WARN, "a structure's DVH solid needed interpolation across missing contour planes"),
+    "DVH_WARN_003": (WARN, "the planning system's stored DVHs could not be used for the check"),
     "DVH_EXEC_001": (EXCLUDE, "DVHs could not be computed"),
 }
 
@@ -88,9 +92,13 @@ class PatientNotes:
     linkage: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     structures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the inputs' fingerprint (SOPInstanceUIDs + sizes, options, converter version)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    #: our DVHs against the TPS's stored ones (ingest.rt.dvh_qa), when the RTDOSE has them
+    dvh_qa: dict[str, Any] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     finished_at: str | None = None
-    version: str = "rtlake-rt 1"
+    version: str = "rtlake-rt 2"
 
     def add(self, code: str, message: str = "", roi: str | None = None) -> Note:
         outcome, desc = CODES[code]
