@@ -12,15 +12,16 @@
                     association (TCP_NODELAY, as in bench_harvest), writing each data set it receives
                                                                                          goal >= 0.8
 
-Where the time goes (profile of part 2 on this 2-core machine, 10 x 100 CT slices of 39 KB, before
-the changes of issue 18; ms per instance): the lake store re-read every header with pydicom
-(~3 ms: CT_small.dcm has 258 elements, most of them private, before the pixel data) and fsync'd
-every copied file (~2-4 ms: a journal commit and a device flush each); the catalog writes cost
-~0.4 ms (one transaction per study); the pull itself ~0.3-0.4 ms, as the raw baseline. Now the lake
-flushes a study's files with one syncfs (0.2 ms/instance for a 100-slice study) before the catalog
-records it: the same guarantee (nothing is recorded as stored before it is on disk; files are
-atomic; names are SOPInstanceUIDs, so a re-run neither duplicates nor rewrites), a tenth of the cost.
-The figures printed below are the current ones; README "PACS benchmarks" has the table.
+Where the time goes (profiles of part 2 on this 2-core machine, 10 x 100 CT slices of 39 KB, ms
+per instance, before issue 18 -> now): stream, split and write to scratch ~0.2 -> ~0.2 (the raw
+loop's cost); validation on arrival (issue 19) -> ~0.3; the lake's validation of the same file -> ~0
+(a file the pull wrote from validated bytes, unchanged since, is not walked again); the lake's
+pydicom header read ~3 -> 0 (the validator's walk keeps the series keys); an fsync per lake file
+2-4 -> one syncfs per study ~0.2 (still temp name + rename per file, and nothing is recorded as
+stored before it is on disk); catalog ~0.4 (one transaction per study). So with 39 KB slices the
+validation alone costs about what the raw transfer does; with --matrix 512 it is small beside the
+transfer. C-GET: all 120 storage contexts cost ~90 ms of negotiation per study; the 32 common ones
+are proposed first. README "PACS benchmarks" has the table.
 
 Loopback only; figures in instances/s; the load average is printed with the results.
 Usage: python scripts/bench/bench_pull.py [--studies 10 --instances 100]
