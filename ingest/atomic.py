@@ -51,7 +51,7 @@ def copy_file(src: Path, target: Path, mode: int = 0o600) -> None:
         shutil.copyfile(src, tmp)
 
 
-def copy_unsynced(src: Path, target: Path, mode: int = 0o644) -> None:
+def copy_unsynced(src: Path, target: Path, mode: int = 0o600) -> None:
     """`copy_file` without its fsync: for a batch of files made durable together by `make_durable`.
 
     The copy is still atomic (temp name in the target folder, then one rename), so a reader or a
