@@ -42,7 +42,8 @@ class OrthancSourceConfig(HttpAuth):
     url: str = Field("http://127.0.0.1:8042", description="Orthanc REST base URL.")
     retrieve: Literal["wado-rs", "instances"] = Field("wado-rs", description="How to pull a study.")
     series_details: bool = Field(
-        True, description="Second /tools/find per patient (Series level) for modalities and instance counts."
+        True, description="Modalities and instance counts with each patient's listing (Orthanc 1.10: a second "
+                          "listing of the patient's series; 1.11+: computed tags in the same answer)."
     )
 
 

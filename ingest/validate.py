@@ -34,10 +34,12 @@ content (TIFF headers live there), values that are merely unusual (dates, charac
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
+import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import uid as _uid
@@ -120,7 +122,11 @@ _PIXEL_ATTRS = {0x00280002: "SamplesPerPixel", 0x00280004: "PhotometricInterpret
                 0x00280010: "Rows", 0x00280011: "Columns", 0x00280100: "BitsAllocated"}
 # image attributes without Pixel Data are fine when one of these carries the data instead
 _OTHER_DATA = {0x00287FE0, 0x56000020, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA}  # provider URL, spectroscopy
-_WANTED = frozenset({*_REQUIRED_UIDS, *_PIXEL_ATTRS, *_OTHER_DATA, PIXEL_DATA})
+# Also kept (raw, top level only) for the stores: what a lake needs to file an instance without
+# parsing it a second time (issue 18: a pydicom header read cost ~3 ms of a ~4 ms store per slice).
+SERIES_TAGS = {0x00080005: "SpecificCharacterSet", 0x00080060: "Modality", 0x0008103E: "SeriesDescription",
+               0x00200011: "SeriesNumber"}
+_WANTED = frozenset({*_REQUIRED_UIDS, *_PIXEL_ATTRS, *_OTHER_DATA, PIXEL_DATA, *SERIES_TAGS})
 
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
@@ -153,6 +159,8 @@ class Verdict:
     series_uid: str = ""
     sop_class_uid: str = ""
     transfer_syntax: str = ""
+    #: raw top-level values of SERIES_TAGS found in a whole instance (for the stores; see SERIES_TAGS)
+    series_values: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def ok(self) -> bool:
@@ -636,15 +644,48 @@ def validate_bytes(buf) -> Verdict:
                                          "(the file may have been cut at an element boundary)")
     except _Bad as exc:
         return Verdict(exc.check, exc.detail, transfer_syntax=ts, **ids)
-    return Verdict(None, "", transfer_syntax=ts, **ids)
+    series = {tag: top.values[tag][1] for tag in SERIES_TAGS if tag in top.values}
+    return Verdict(None, "", transfer_syntax=ts, series_values=series, **ids)
+
+
+# Verdicts of files rtlake itself has just written from bytes it had validated in memory (the pulls,
+# ingest/sources/_files.py), keyed by what pins that content on disk: path, device, inode, size and
+# mtime (the path too: a freed inode can be reused within one timestamp tick by a file of equal size).
+# Why: a pulled instance is validated on arrival, written once to scratch, and then handed to the
+# store, which validates every file it is given; without this each pulled instance was walked twice
+# (~0.35 ms per CT slice, a third of the ingest: scripts/bench/bench_pull.py). Used once, then dropped.
+_WRITTEN: dict[tuple[str, int, int, int, int], Verdict] = {}
+_WRITTEN_LOCK = threading.Lock()
+_WRITTEN_MAX = 100_000
+
+
+def _stat_key(path: Path | str) -> tuple[str, int, int, int, int]:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remember_written(path: Path | str, verdict: Verdict) -> None:
+    """Record the verdict of bytes just written to `path` unchanged (see _WRITTEN)."""
+    key = _stat_key(path)
+    with _WRITTEN_LOCK:
+        if len(_WRITTEN) >= _WRITTEN_MAX:
+            _WRITTEN.clear()
+        _WRITTEN[key] = verdict
 
 
 def validate_file(path: Path | str) -> Verdict:
     """Check one file on disk (memory-mapped: pixel data pages are not read unless fragments are).
 
+    A file this process wrote itself from validated bytes, untouched since, is not walked again.
+
     Raises:
         OSError: the file cannot be opened.
     """
+    if _WRITTEN:
+        with _WRITTEN_LOCK:
+            known = _WRITTEN.pop(_stat_key(path), None)
+        if known is not None:
+            return known
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         if size == 0:

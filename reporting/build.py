@@ -225,7 +225,12 @@ def write_outputs(cfg: Config, data: ReportData, run: str, rates: Sequence[RunRa
         placeholder_dates=_placeholders(cfg), notes=data.notes,
         pseudonymised=linked,
     )
+    # Memory at trust scale (issue 18, bench_master.py: 2 M sessions): the long session table and
+    # the sheet's typed grids are not needed once the sheet is rendered; letting them go before the
+    # writers run keeps the report's peak near the rendered table's size, not the sum of all three.
+    data.sessions = data.sessions.iloc[:0]
     table = sheet.rendered()
+    sheet.grids = {}
     fail_table = pd.DataFrame([[r.get(c) for _, c in FAILURE_SHEET_COLUMNS] for r in data.failures],
                               columns=[h for h, _ in FAILURE_SHEET_COLUMNS])
     problem_table = pd.DataFrame([[p.path, p.line, p.message] for p in data.problems],

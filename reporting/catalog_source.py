@@ -17,18 +17,28 @@ def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
     catalog's (PACS accession-based label, PACS StudyInstanceUID); STORE_COLUMNS are the names
     the store holds, which differ when the session was pseudonymised (see `pseudonymised`).
     """
-    sql = """
+    # Memory at trust scale (issue 18: 2 M sessions): every text cell DuckDB hands pandas is its own
+    # Python string, so columns that repeat another (the session ID is the label; the store's names
+    # are the catalog's unless pseudonymised) are read once and shared, not read twice.
+    with catalog._lock:
+        renamed, moved = catalog.con.execute("""
+            SELECT count(*) FILTER (WHERE coalesce(s.store_subject, s.subject) <> coalesce(p.subject, s.subject)
+                                       OR coalesce(s.store_label, s.label) <> s.label
+                                       OR coalesce(s.store_study_uid, s.study_uid) <> s.study_uid),
+                   count(*) FILTER (WHERE coalesce(p.subject, s.subject) <> s.subject)
+            FROM sessions s LEFT JOIN patients p ON p.hospital_id = s.hospital_id
+            WHERE s.state = 'stored'""").fetchone()
+    store = ("coalesce(s.store_subject, s.subject) AS store_subject, coalesce(s.store_label, s.label) AS "
+             "store_session, coalesce(s.store_study_uid, s.study_uid) AS store_uid," if renamed or moved else "")
+    sql = f"""
         SELECT coalesce(p.subject, s.subject) AS subject,
                s.modality AS modality,
                s.label AS session,
                s.study_date AS date,
-               s.label AS session_id,
                s.study_uid AS uid,
                CAST(coalesce(sc.n, s.n_scans) AS VARCHAR) AS scans,
-               coalesce(s.store, 'catalog') AS source,
-               coalesce(s.store_subject, s.subject) AS store_subject,
-               coalesce(s.store_label, s.label) AS store_session,
-               coalesce(s.store_study_uid, s.study_uid) AS store_uid
+               {store}
+               coalesce(s.store, 'catalog') AS source
         FROM sessions s
         LEFT JOIN patients p ON p.hospital_id = s.hospital_id
         LEFT JOIN (SELECT study_uid, count(*) AS n FROM scans GROUP BY study_uid) sc ON sc.study_uid = s.study_uid
@@ -36,6 +46,11 @@ def sessions_from_catalog(catalog: Catalog) -> pd.DataFrame:
     """
     with catalog._lock:
         df = catalog.con.execute(sql).df()
+    for col in ("subject", "modality", "scans", "source"):  # few distinct values: one string each
+        df[col] = df[col].astype("category")
+    df["session_id"] = df["session"]
+    if not store:  # every store name equals the catalog's: the same string objects serve both
+        df["store_subject"], df["store_session"], df["store_uid"] = df["subject"], df["session"], df["uid"]
     return df.reindex(columns=list(LONG_COLUMNS + STORE_COLUMNS))
 
 

@@ -20,7 +20,7 @@ from ..atomic import TMP_PREFIX
 from ..conflicts import same_instance, sha256
 from ..errors import SourceError
 from ..records import Conflict, Refusal
-from ..validate import DamagedDicom, Verdict, show, valid_uid, validate_bytes, validate_file
+from ..validate import DamagedDicom, Verdict, remember_written, show, valid_uid, validate_bytes, validate_file
 
 
 def check_study_uid(study_uid: str, pacs: str) -> None:
@@ -126,6 +126,7 @@ class ReceivedStudy:
         tmp = self.dest / f"{TMP_PREFIX}{sop}.{threading.get_ident()}"
         tmp.write_bytes(data)
         os.replace(tmp, target)
+        remember_written(target, v)  # the store's own check of this file is then a look-up
         with self._lock:
             self.sops[sop] = target
             self._origin[sop] = origin

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom import sop_class
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
     StudyRootQueryRetrieveInformationModelGet as GET,
@@ -49,7 +50,22 @@ def _final_status(responses) -> Dataset | None:
             final = status
     return final
 # C-GET asks for storage contexts in the same association (max 128 contexts in all).
-_GET_STORAGE = StoragePresentationContexts[:120]
+_GET_STORAGE = tuple(cx.abstract_syntax for cx in StoragePresentationContexts[:120])
+# Asked for first: the storage classes a radiotherapy imaging lake mostly holds. Why not always all
+# 120: the PACS weighs every proposed context and role at each association, measured at ~90 ms per
+# study against Orthanc 1.10 (C-GET of 100 CT slices: 132 -> 150 instances/s, bench_pull.py). A
+# study that holds another class comes up short and is asked for again with all 120 (`retrieve`).
+_COMMON_STORAGE = tuple(getattr(sop_class, name) for name in (
+    "CTImageStorage", "EnhancedCTImageStorage", "MRImageStorage", "EnhancedMRImageStorage",
+    "PositronEmissionTomographyImageStorage", "EnhancedPETImageStorage", "NuclearMedicineImageStorage",
+    "RTImageStorage", "RTDoseStorage", "RTStructureSetStorage", "RTPlanStorage", "RTIonPlanStorage",
+    "RTBeamsTreatmentRecordStorage", "SegmentationStorage", "SpatialRegistrationStorage",
+    "DeformableSpatialRegistrationStorage", "SecondaryCaptureImageStorage", "ComputedRadiographyImageStorage",
+    "DigitalXRayImageStorageForPresentation", "DigitalXRayImageStorageForProcessing",
+    "DigitalMammographyXRayImageStorageForPresentation", "UltrasoundImageStorage",
+    "UltrasoundMultiFrameImageStorage", "XRayAngiographicImageStorage", "XRayRadiofluoroscopicImageStorage",
+    "BasicTextSRStorage", "EnhancedSRStorage", "ComprehensiveSRStorage", "EncapsulatedPDFStorage",
+    "GrayscaleSoftcopyPresentationStateStorage", "KeyObjectSelectionDocumentStorage", "RawDataStorage"))
 _STATUS_TEXT = {
     0xA700: "out of resources", 0xA701: "out of resources (number of matches)",
     0xA702: "out of resources (sub-operations)", 0xA801: "move destination unknown",
@@ -365,13 +381,14 @@ class DimseSource(QueryLookups, Source):
         err = SourceUnavailable if code in (0xA700, 0xA701, 0xA702) else SourceError
         raise err(f"{self.peer}: {op} {what} failed with {status_text(code)} after {got} instances")
 
-    def _c_get(self, ident: Dataset, rec: ReceivedStudy, what: str) -> None:
+    def _c_get(self, ident: Dataset, rec: ReceivedStudy, what: str,
+               storage: tuple[str, ...] = _GET_STORAGE) -> None:
         ae = self._ae()
         ae.add_requested_context(GET)
         roles = []
-        for cx in _GET_STORAGE:
-            ae.add_requested_context(cx.abstract_syntax)
-            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+        for uid in storage:
+            ae.add_requested_context(uid)
+            roles.append(build_role(uid, scp_role=True))
         errors: list[str] = []
 
         def on_store(event) -> int:
@@ -449,9 +466,23 @@ class DimseSource(QueryLookups, Source):
         expected = study.n_instances
         if expected is None:
             expected = len(self.transfer.call(list_instances, f"list instances of study {uid}"))
+
+        def whole_study() -> None:
+            if self.mode == "c-move":
+                self._c_move(self._identifier(uid), rec, f"study {uid}")
+                return
+            try:
+                self._c_get(self._identifier(uid), rec, f"study {uid}", _COMMON_STORAGE)
+            except SourceUnavailable:
+                raise
+            except SourceError:  # e.g. every sub-operation failed for want of a context: the full set decides
+                pass
+            if len(rec.settled) < expected:  # a storage class outside the common ones? ask with all 120
+                self._c_get(self._identifier(uid), rec, f"study {uid}")
+
         result = fetch_study_checked(
             self.transfer, f"study {uid}", expected, lambda: rec.settled,
-            lambda: self._pull(self._identifier(uid), rec, f"study {uid}"),
+            whole_study,
             list_instances,
             lambda sop, series: self._pull(self._identifier(uid, str(series), sop), rec, f"instance {sop} of study {uid}"))
         if rec.nothing():

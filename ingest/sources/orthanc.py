@@ -1,7 +1,9 @@
-"""Orthanc over its REST API: one `POST /tools/find` per patient, WADO-RS (or per-instance GET) to pull.
+"""Orthanc over its REST API: a patient's own listing to harvest, WADO-RS (or per-instance GET) to pull.
 
-Why /tools/find and not QIDO on Orthanc: its JSON body needs no URL encoding (the Debian 1.10
-build does not decode query strings) and it answers in ~2 ms. Why `Accept-Encoding: identity`:
+Why the REST API and not QIDO on Orthanc: Orthanc's DICOMweb plugin answers a QIDO study query
+with an extra listing and a read of one file per study (~2x slower), and the Debian 1.10 build
+does not decode query strings. Why a patient's listing (`/patients/<id>/studies`) and not
+`/tools/find`: it is an ID look-up, exact on PatientID, where /tools/find folds case. Why `Accept-Encoding: identity`:
 Orthanc gzips /instances/{id}/file on the fly otherwise, which halves throughput.
 """
 
@@ -36,6 +38,7 @@ class OrthancSource(QueryLookups, Source):
         self.series_details = series_details
         self.wado = WadoRs(client, dicomweb_root or f"{self.url}/dicom-web")
         self._ids: dict[str, str] = {}  # StudyInstanceUID -> Orthanc study ID, filled by queries
+        self._hashed: bool | None = None  # patient IDs are SHA-1 of PatientID (checked once)
         self.change_page = 1000
 
     @classmethod
@@ -132,7 +135,88 @@ class OrthancSource(QueryLookups, Source):
 
     # -- queries ---------------------------------------------------------------------------
     def find(self, q: StudyQuery) -> list[StudyRecord]:
-        """Studies matching the query (description matched client-side, folded)."""
+        """Studies matching the query (description and dates matched client-side, folded).
+
+        A patient's listing (the harvest) goes by the patient's Orthanc ID, the others through
+        `/tools/find`; both ask for modalities and instance counts (see `_patient_studies`).
+        """
+        if q.patient_id and not q.accession and not q.study_uid and not _has_wildcard(q.patient_id) \
+                and self._patient_ids_are_hashes():
+            return self._patient_studies(q)
+        return self._tools_find(q)
+
+    def _patient_studies(self, q: StudyQuery) -> list[StudyRecord]:
+        """One patient's studies with modalities and instance counts, in as few requests as the server allows.
+
+        Measured on Orthanc 1.10.1 (scripts/bench/bench_harvest.py, notes in the README):
+        - `/tools/find` matches PatientID case-insensitively and with wildcards (`rtp1` finds `RTP1`);
+          the patient's own resource (`/patients/<SHA-1 of PatientID>`) is exact and needs no search.
+        - Neither Study- nor Series-level answers carry both the study's tags and its instance
+          count: Series-level `Expand` gives only series tags and `ParentStudy`, and 1.10 ignores
+          `RequestedTags`. So 1.10 takes a second listing, `/patients/<id>/series?expand`, for
+          modalities and counts. Orthanc >= 1.11 computes ModalitiesInStudy and
+          NumberOfStudyRelatedInstances for `requestedTags` (ServerContext::ComputeStudyTags), so
+          the first answer carries them and the second request is skipped.
+        - A patient unknown to the PACS is Orthanc's 404 "Unknown resource": no studies.
+        Both listings are plain ID look-ups, cheaper for Orthanc than a tag search.
+        """
+        oid = _orthanc_patient_id(q.patient_id or "")
+        what = f"patient studies ({q.describe()})"
+        url = f"{self.url}/patients/{oid}/studies?expand"
+        if self.series_details:
+            url += f"&requestedTags={';'.join(_COMPUTED)}"
+        answer = self._listing(url, what)
+        if answer is None:
+            return []
+        out: list[StudyRecord] = []
+        ids: dict[str, str] = {}
+        for item in answer:
+            rec = self._record(item, what)
+            if rec is None or rec.patient_id != q.patient_id or not q.date_ok(rec.study_date) \
+                    or not description_matches(q.description, rec.description):
+                continue
+            out.append(rec)
+            ids[rec.study_uid] = item.get("ID", "")
+        if out and self.series_details and any(r.n_instances is None for r in out):
+            series = self._listing(f"{self.url}/patients/{oid}/series?expand", f"patient series ({q.describe()})")
+            out = _with_details(out, ids, _series_summary(series or []))
+        return out
+
+    def _listing(self, url: str, what: str) -> list | None:
+        """GET a resource listing; None when Orthanc says the resource does not exist."""
+        status, answer = self.transfer.call(
+            lambda: self.client.json_status("GET", url, what, accept=_ABSENT), what)
+        if status == 404:
+            if isinstance(answer, dict) and answer.get("OrthancStatus") == _UNKNOWN_RESOURCE:
+                return None
+            raise SourceError(f"{self.name}: HTTP 404 for {what} (not an Orthanc answer: check [source.orthanc] url)")
+        if not isinstance(answer, list):
+            raise SourceError(f"{self.name}: {what}: unexpected answer (not a list)")
+        return answer
+
+    def _patient_ids_are_hashes(self) -> bool:
+        """Orthanc names a patient by the SHA-1 of its PatientID: checked once on a real patient.
+
+        Why check: every patient listing relies on it, and if a server named patients otherwise
+        every listing would come back "unknown patient" — silently empty. One request per run;
+        a PACS with no patient yet is asked again next time.
+        """
+        if self._hashed is None:
+            what = "GET /patients?expand&since=0&limit=1 (how Orthanc names patients)"
+            answer = self.transfer.call(
+                lambda: self.client.json("GET", f"{self.url}/patients?expand&since=0&limit=1", what), what)
+            item = answer[0] if isinstance(answer, list) and answer and isinstance(answer[0], dict) else None
+            if item is None:
+                return True  # nothing to check against; nothing to find either
+            pid = (item.get("MainDicomTags") or {}).get("PatientID")
+            self._hashed = pid is not None and _orthanc_patient_id(pid) == item.get("ID")
+            if not self._hashed:
+                log.warning("%s: Orthanc does not name patients by the SHA-1 of PatientID; "
+                            "patient listings use /tools/find", self.name)
+        return self._hashed
+
+    def _tools_find(self, q: StudyQuery) -> list[StudyRecord]:
+        """Accession, UID, date-range and wildcard look-ups: one Study-level /tools/find (+ series on 1.10)."""
         query: dict[str, str] = {}
         if q.patient_id:
             query["PatientID"] = q.patient_id
@@ -143,44 +227,34 @@ class OrthancSource(QueryLookups, Source):
         dates = dicom_date_range(q.date_from, q.date_to)
         if dates:
             query["StudyDate"] = dates
-        body = {"Level": "Study", "Query": query, "Expand": True}
+        body: dict = {"Level": "Study", "Query": query, "Expand": True}
+        if self.series_details:
+            body["RequestedTags"] = list(_COMPUTED)  # honoured from Orthanc 1.11 on, ignored by 1.10
         what = f"/tools/find ({q.describe()})"
         answer = self.transfer.call(lambda: self.client.json("POST", f"{self.url}/tools/find", what, json=body), what)
         if not isinstance(answer, list):
             raise SourceError(f"{self.name}: {what}: unexpected answer (not a list)")
         out = []
         ids: dict[str, str] = {}
+        exact_id = q.patient_id if q.patient_id and not _has_wildcard(q.patient_id) else None
         for item in answer:
             rec = self._record(item, what)
             if rec is None or not description_matches(q.description, rec.description):
                 continue
+            if exact_id is not None and rec.patient_id != exact_id:
+                continue  # /tools/find folds case on PatientID: `rtp1` would find `RTP1`'s studies
             out.append(rec)
             ids[rec.study_uid] = item.get("ID", "")
-        if out and self.series_details:
-            details = self._series_details(query, q)
-            out = [replace(r, modalities=details[ids[r.study_uid]][0], n_instances=details[ids[r.study_uid]][1])
-                   if ids.get(r.study_uid) in details else r for r in out]
+        if out and self.series_details and any(r.n_instances is None for r in out):
+            out = _with_details(out, ids, self._series_details(query, q))
         return out
 
     def _series_details(self, query: dict[str, str], q: StudyQuery) -> dict[str, tuple[tuple[str, ...], int]]:
-        """Orthanc study ID -> (modalities, instance count), from one Series-level /tools/find.
-
-        Why: Orthanc 1.10 returns neither ModalitiesInStudy nor an instance count at Study level,
-        and both matter (session type; partial-transfer check).
-        """
+        """Orthanc study ID -> (modalities, instance count), from one Series-level /tools/find (Orthanc 1.10)."""
         what = f"/tools/find series ({q.describe()})"
         body = {"Level": "Series", "Query": query, "Expand": True}
         answer = self.transfer.call(lambda: self.client.json("POST", f"{self.url}/tools/find", what, json=body), what)
-        mods: dict[str, list[str]] = {}
-        counts: dict[str, int] = {}
-        for item in answer if isinstance(answer, list) else []:
-            parent = item.get("ParentStudy", "")
-            m = (item.get("MainDicomTags") or {}).get("Modality", "")
-            lst = mods.setdefault(parent, [])
-            if m and m not in lst:
-                lst.append(m)
-            counts[parent] = counts.get(parent, 0) + len(item.get("Instances") or [])
-        return {k: (tuple(v), counts.get(k, 0)) for k, v in mods.items()}
+        return _series_summary(answer if isinstance(answer, list) else [])
 
     def _record(self, item: dict, what: str) -> StudyRecord | None:
         if not isinstance(item, dict):
@@ -194,15 +268,17 @@ class OrthancSource(QueryLookups, Source):
             return None
         if item.get("ID"):
             self._ids[uid] = item["ID"]
-        mods = tags.get("ModalitiesInStudy", "")
+        computed = item.get("RequestedTags") or {}
+        mods = computed.get("ModalitiesInStudy") or tags.get("ModalitiesInStudy", "")
+        n = str(computed.get("NumberOfStudyRelatedInstances", "")).strip()
         return StudyRecord(
             study_uid=uid,
             patient_id=ptags.get("PatientID", ""),
             accession=tags.get("AccessionNumber", ""),
             study_date=parse_dicom_date(tags.get("StudyDate")),
             description=tags.get("StudyDescription", ""),
-            modalities=tuple(m for m in mods.split("\\") if m),
-            n_instances=None,
+            modalities=tuple(m for m in str(mods).split("\\") if m),
+            n_instances=int(n) if n.isdigit() else None,
             study_id=tags.get("StudyID", ""),
             source=self.name,
         )
@@ -275,6 +351,44 @@ class OrthancSource(QueryLookups, Source):
 # patient for a listing, so an unknown future type errs on the side of looking.
 _NO_NEW_CONTENT = frozenset({"StablePatient", "StableStudy", "StableSeries", "Deleted", "CompletedSeries",
                              "JobSubmitted", "JobSuccess", "JobFailure", "UpdatedMetadata"})
+
+
+# Computed study tags asked for on every listing (Orthanc >= 1.11 answers them in "RequestedTags").
+_COMPUTED = ("ModalitiesInStudy", "NumberOfStudyRelatedInstances")
+_ABSENT = frozenset({404})
+_UNKNOWN_RESOURCE = 17  # Orthanc's ErrorCode_UnknownResource, in the JSON body of its 404
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _series_summary(series: list) -> dict[str, tuple[tuple[str, ...], int]]:
+    """Orthanc study ID -> (modalities in order of appearance, instance count) from expanded series."""
+    mods: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for item in series:
+        if not isinstance(item, dict):
+            continue
+        parent = item.get("ParentStudy", "")
+        m = (item.get("MainDicomTags") or {}).get("Modality", "")
+        lst = mods.setdefault(parent, [])
+        if m and m not in lst:
+            lst.append(m)
+        counts[parent] = counts.get(parent, 0) + len(item.get("Instances") or [])
+    return {k: (tuple(v), counts.get(k, 0)) for k, v in mods.items()}
+
+
+def _with_details(records: list[StudyRecord], ids: dict[str, str],
+                  details: dict[str, tuple[tuple[str, ...], int]]) -> list[StudyRecord]:
+    """Fill modalities and counts from a series summary where the study answer lacked them."""
+    out = []
+    for r in records:
+        d = details.get(ids.get(r.study_uid, ""))
+        if r.n_instances is None and d is not None:
+            r = replace(r, modalities=d[0] or r.modalities, n_instances=d[1])
+        out.append(r)
+    return out
 
 
 def _orthanc_patient_id(patient_id: str) -> str:

@@ -16,10 +16,10 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 
 from .. import failpoints
-from ..atomic import copy_file, sweep_temp, write_text
+from ..atomic import copy_unsynced, make_durable, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
 from ..conflicts import against_stored, same_instance, sha256
 from ..naming import safe
@@ -29,7 +29,32 @@ from .base import Store
 
 log = logging.getLogger(__name__)
 
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SeriesNumber", "Modality", "SeriesDescription"]
+
+
+def _series_keys(raw: dict[int, bytes]) -> tuple[str, str, str]:
+    """(SeriesNumber, Modality, SeriesDescription) from the values the validator kept while it walked
+    the file (ingest.validate.SERIES_TAGS), so the file is not parsed a second time; the description
+    is decoded with the instance's SpecificCharacterSet, as pydicom would."""
+    def text(tag: int) -> str:
+        return raw.get(tag, b"").decode("ascii", "replace").strip("\x00 ")
+
+    desc = raw.get(0x0008103E, b"")
+    if desc:
+        charsets = [c.strip() for c in raw.get(0x00080005, b"").decode("ascii", "replace").split("\\")]
+        try:
+            desc_text = decode_bytes(desc, convert_encodings(charsets if any(charsets) else ["ISO_IR 6"]), set())
+        except (LookupError, ValueError):
+            desc_text = desc.decode("latin-1")
+        desc_text = desc_text.rstrip("\x00 ")
+    else:
+        desc_text = ""
+    number = text(0x00200011)
+    try:  # as `str(ds.SeriesNumber or "")` read it before: an IS of 0 counted as none (scan folder S<hash>)
+        if number and float(number) == 0:
+            number = ""
+    except ValueError:
+        pass
+    return number, text(0x00080060), desc_text
 
 
 def scan_ids(series: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -121,16 +146,11 @@ class LakeStore(Store):
             if not verdict.ok:
                 problems.append((str(f), verdict.reason))
                 continue
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is a per-file problem
-                problems.append((str(f), f"unreadable DICOM: {type(exc).__name__}"))
-                continue
             if verdict.study_uid != uid:
                 problems.append((str(f), f"belongs to study {show(verdict.study_uid)}, not {uid}"))
                 continue
-            headers.append((f, verdict.sop_uid, verdict.series_uid, str(ds.get("SeriesNumber", "") or ""),
-                            str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")))
+            number, modality, description = _series_keys(verdict.series_values)
+            headers.append((f, verdict.sop_uid, verdict.series_uid, number, modality, description))
         headers, held = _one_version_each(headers, uid)
         conflicts += against_stored(held, self.stored_instances)
         elsewhere = self.stored_instances({h[1] for h in headers}) if self.stored_instances else {}
@@ -150,6 +170,8 @@ class LakeStore(Store):
         stored: list[StoredFile] = []
         counts: dict[str, int] = defaultdict(int)
         desc_of: dict[str, str] = {}
+        written: list[Path] = []
+        made: set[Path] = set()
         for f, sop, series_uid, _num, _mod, sdesc in headers:
             target = sdir / "scans" / scan_of[series_uid] / f"{safe(sop)}.dcm"
             size = f.stat().st_size
@@ -160,10 +182,14 @@ class LakeStore(Store):
                     size = target.stat().st_size
             else:
                 try:
-                    copy_file(f, target)
+                    if target.parent not in made:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(target.parent)
+                    copy_unsynced(f, target)
                 except OSError as exc:
                     raise StoreError(f"study {uid}: cannot write {target}: {exc}") from exc
                 failpoints.hit("ingest.file")
+            written.append(target)  # also one found from a killed run: it may not be on disk yet
             stored.append(StoredFile(sop, series_uid, str(target), size))
             counts[series_uid] += 1
             desc_of[series_uid] = sdesc
@@ -177,6 +203,10 @@ class LakeStore(Store):
             "scans": [{"id": s.scan_id, "series_uid": s.series_uid, "modality": s.modality,
                        "description": s.description, "files": s.n_files} for s in scans],
         }
+        try:
+            make_durable(written)  # one flush for the study, before anything records it as stored
+        except OSError as exc:
+            raise StoreError(f"study {uid}: cannot flush its files to disk: {exc}") from exc
         if stored:
             write_text(sdir / "session.json", json.dumps(manifest, indent=1, sort_keys=True))
         return StoredSession(plan=plan, location=str(sdir), scans=scans, files=stored, problems=problems,
