@@ -123,6 +123,21 @@ def _syncfs(folders: list[str]) -> bool:
     return True
 
 
+def probe_write(folder: Path) -> None:
+    """Create the folder if missing, then create and remove a probe file in it (a start-up check).
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    import uuid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".rtlake-check-{uuid.uuid4().hex[:8]}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def sweep_temp(root: Path) -> int:
     """Remove temp files a killed run left behind; returns how many."""
     n = 0

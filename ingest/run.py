@@ -39,6 +39,7 @@ from .catalog import Catalog
 from .config import Config
 from . import failpoints
 from .errors import ConfigError, RtlakeError, SourceUnavailable, StoreUnavailable, TransientError
+from .atomic import probe_write
 from .lock import run_lock
 from .logsetup import set_run_id
 from .security import loose, private_umask, share_outbox, walk
@@ -777,19 +778,14 @@ def check_writable(folder: Path, what: str, create: bool = True) -> str:
     Raises:
         RunFailed: the folder cannot be created or written.
     """
-    import uuid
-
     folder = Path(folder)
     if not create and not folder.exists():
         parent = next((p for p in folder.parents if p.exists()), None)
         if parent is None or not os.access(parent, os.W_OK | os.X_OK):
             raise RunFailed(f"{what} {folder} does not exist and cannot be created")
         return f"{what}: {folder} does not exist yet; it will be created"
-    probe = folder / f".rtlake-check-{uuid.uuid4().hex[:8]}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_write(folder)
     except OSError as exc:
         raise RunFailed(f"{what} {folder} is not writable ({exc.strerror or exc})") from None
     return f"{what}: {folder} is writable"

@@ -44,6 +44,13 @@ def scenario_orthanc(tmp_path_factory):
     stop_and_remove(srv)
 
 
+def _fresh_pacs(srv, files, root: Path, stage: int) -> None:
+    """An Orthanc holding exactly `files`, and the trust's inputs as they stand at `stage`."""
+    srv.clear()
+    srv.upload(files)
+    S.write_inputs(root, stage=stage)
+
+
 def _names(first) -> dict[str, str]:
     """StudyInstanceUID → scenario name."""
     return {s.uid: s.name for s in first + S.batch2(first)}
@@ -76,9 +83,7 @@ def test_two_batches_find_exactly_the_new_studies(kind, scenario_orthanc, scenar
     srv = scenario_orthanc
     first, b1, b2 = scenario_files
     names = _names(first)
-    srv.clear()
-    srv.upload(b1)
-    S.write_inputs(tmp_path, stage=1)
+    _fresh_pacs(srv, b1, tmp_path, stage=1)
     extra = {}
     if kind == "orthanc-paged":  # the change log read three entries a request: paging must not lose any
         kind, extra = "orthanc", {"harvest.change_log_page": 3}
@@ -134,9 +139,7 @@ def test_orthanc_no_op_run_costs_a_handful_of_requests(scenario_orthanc, scenari
 
     srv = scenario_orthanc
     first, b1, b2 = scenario_files
-    srv.clear()
-    srv.upload(b1 + b2)
-    S.write_inputs(tmp_path, stage=2)
+    _fresh_pacs(srv, b1 + b2, tmp_path, stage=2)
     sent = {"n": 0}
     real_send = requests.Session.send
 
@@ -171,9 +174,7 @@ def test_orthanc_reset_falls_back_to_full_listing(scenario_orthanc, scenario_fil
     """A cursor beyond Orthanc's log (a reset or new database) must not hide anything."""
     srv = scenario_orthanc
     first, b1, _ = scenario_files
-    srv.clear()
-    srv.upload(b1)
-    S.write_inputs(tmp_path, stage=1)
+    _fresh_pacs(srv, b1, tmp_path, stage=1)
     cfg = _cfg(tmp_path, "orthanc", srv)
     run_update(cfg, show_progress=False, build_report=False, today=RUN1)
     cat = Catalog(cfg.catalog_path)
@@ -198,9 +199,7 @@ def test_window_is_opt_in_and_misses_back_dated_arrivals(scenario_orthanc, scena
     srv = scenario_orthanc
     first, b1, b2 = scenario_files
     names = _names(first)
-    srv.clear()
-    srv.upload(b1)
-    S.write_inputs(tmp_path, stage=1)
+    _fresh_pacs(srv, b1, tmp_path, stage=1)
     cfg_path = S.write_config(tmp_path)
     cfg_path.write_text(cfg_path.read_text() + f'\n[source]\nkind = "orthanc"\n\n[source.orthanc]\nurl = "{srv.url}"\n'
                         'username_env = "RTLAKE_TEST_PACS_USER"\npassword_env = "RTLAKE_TEST_PACS_PASSWORD"\n\n'
@@ -233,9 +232,7 @@ def test_failed_patient_queries_name_the_patient_and_clear_when_fixed(scenario_o
     side: the catalog; the log names no one), and the run that harvests that patient cleanly resolves it."""
     srv = scenario_orthanc
     first, b1, _ = scenario_files
-    srv.clear()
-    srv.upload(b1)
-    S.write_inputs(tmp_path, stage=1)
+    _fresh_pacs(srv, b1, tmp_path, stage=1)
     proxy = FaultProxy()
     port = proxy.start("127.0.0.1", srv.http_port, fault_rate=0.5, seed=3, faults=("http503",))
     try:

@@ -29,7 +29,6 @@ class ChangeFeed:
 
     cursor: str
     patients: frozenset[str] | None
-    requests: int = 0
     note: str = ""
 
 

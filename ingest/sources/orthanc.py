@@ -59,8 +59,7 @@ class OrthancSource(QueryLookups, Source):
             raise SourceError(f"{self.name}: GET /system: unexpected answer (not an object)")
         return f"{self.name}: Orthanc {info.get('Version', '?')} ({info.get('Name', '?')}) at {self.url}"
 
-    def changes(self, cursor: str | None, cohort: set[str], page: int | None = None,
-                max_lookups: int | None = None) -> ChangeFeed:
+    def changes(self, cursor: str | None, cohort: set[str], page: int | None = None) -> ChangeFeed:
         """Cohort patients with new or changed resources since `cursor`, from Orthanc's change log.
 
         Why: a run with nothing new then costs a couple of requests instead of one query per patient.
@@ -73,17 +72,15 @@ class OrthancSource(QueryLookups, Source):
         every patient.
         """
         page = page or self.change_page
-        requests = 0
         start = self.client.json("GET", f"{self.url}/changes?last", "GET /changes?last")
-        requests += 1
         last = int((start or {}).get("Last", 0))
         if cursor is None:
-            return ChangeFeed(str(last), None, requests, "no change-log position yet")
+            return ChangeFeed(str(last), None, "no change-log position yet")
         since = int(cursor)
         if last < since:
-            return ChangeFeed(str(last), None, requests, f"change log restarted (now at {last}, we had {since})")
+            return ChangeFeed(str(last), None, f"change log restarted (now at {last}, we had {since})")
         if last == since:
-            return ChangeFeed(str(last), frozenset(), requests)
+            return ChangeFeed(str(last), frozenset())
         by_orthanc_id = {_orthanc_patient_id(h): h for h in cohort}
         patients: set[str] = set()
         others: set[str] = set()
@@ -91,11 +88,9 @@ class OrthancSource(QueryLookups, Source):
         while True:
             what = f"GET /changes?since={pos}"
             body = self.client.json("GET", f"{self.url}/changes?since={pos}&limit={page}", what)
-            requests += 1
             entries = (body or {}).get("Changes") or []
             if first and entries and int(entries[0].get("Seq", 0)) > since + 1:
-                return ChangeFeed(str(last), None, requests,
-                                  f"change log has a gap after {since} (cleared or pruned)")
+                return ChangeFeed(str(last), None, f"change log has a gap after {since} (cleared or pruned)")
             first = False
             for ch in entries:
                 seq = int(ch.get("Seq", pos))
@@ -112,10 +107,9 @@ class OrthancSource(QueryLookups, Source):
                     others.add(rid)
             if (body or {}).get("Done", True) or not entries or pos >= last:
                 break
-        budget = max_lookups if max_lookups is not None else len(cohort)
         chunk = 5000
-        if -(-len(others) // chunk) > max(budget, 1):
-            return ChangeFeed(str(last), None, requests, f"{len(others)} changed resources: a full listing is cheaper")
+        if -(-len(others) // chunk) > max(len(cohort), 1):
+            return ChangeFeed(str(last), None, f"{len(others)} changed resources: a full listing is cheaper")
         ids = sorted(others)
         for i in range(0, len(ids), chunk):
             what = "POST /tools/bulk-content (parents of changed resources)"
@@ -125,13 +119,12 @@ class OrthancSource(QueryLookups, Source):
             except SourceUnavailable:
                 raise
             except SourceError as exc:  # Orthanc before 1.9.4 has no bulk-content: list everyone instead
-                return ChangeFeed(str(last), None, requests + 1, f"cannot resolve changes ({exc})")
-            requests += 1
+                return ChangeFeed(str(last), None, f"cannot resolve changes ({exc})")
             for item in answer if isinstance(answer, list) else []:
                 pid = by_orthanc_id.get(item.get("ID", "")) if isinstance(item, dict) else None
                 if pid:
                     patients.add(pid)
-        return ChangeFeed(str(last), frozenset(patients), requests)
+        return ChangeFeed(str(last), frozenset(patients))
 
     # -- queries ---------------------------------------------------------------------------
     def find(self, q: StudyQuery) -> list[StudyRecord]:

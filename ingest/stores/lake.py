@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 from pydicom.charset import convert_encodings, decode_bytes
 
 from .. import failpoints
-from ..atomic import copy_unsynced, make_durable, sweep_temp, write_text
+from ..atomic import copy_unsynced, make_durable, probe_write, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
 from ..conflicts import against_stored, same_instance, sha256
 from ..naming import safe
@@ -214,11 +213,8 @@ class LakeStore(Store):
 
     def check(self) -> list[str]:
         """The lake root exists and a file can be created and removed in it."""
-        probe = self.root / f".rtlake-check-{uuid.uuid4().hex[:8]}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_write(self.root)
         except OSError as exc:
             raise StoreUnavailable(f"lake {self.root}: cannot write ({exc.strerror or exc}); "
                                    f"check [store.lake] path and its permissions") from None
