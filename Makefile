@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all reliability bench system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml ingest/_dicomwalk.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'

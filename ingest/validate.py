@@ -196,11 +196,12 @@ class _Level:
 
     __slots__ = ("values", "pixel", "encapsulated", "other_data")
 
-    def __init__(self) -> None:
-        self.values: dict[int, tuple[bytes | None, bytes]] = {}  # tag -> (explicit VR or None, raw value)
-        self.pixel: tuple[int, int] | None = None  # native Pixel Data (offset, length)
-        self.encapsulated: tuple[tuple[int, int], list[tuple[int, int, int]]] | None = None
-        self.other_data = False
+    def __init__(self, values: dict | None = None, pixel: tuple[int, int] | None = None,
+                 encapsulated: tuple | None = None, other_data: bool = False) -> None:
+        self.values: dict[int, tuple[bytes | None, bytes]] = {} if values is None else values  # tag -> (VR, raw)
+        self.pixel = pixel  # native Pixel Data (offset, length)
+        self.encapsulated: tuple[tuple[int, int], list[tuple[int, int, int]]] | None = encapsulated
+        self.other_data = other_data
 
 
 class _Walker:
@@ -527,6 +528,10 @@ def _check_rle(head: bytes, length: int, segments: int, k: int) -> None:
 # -- entry points --------------------------------------------------------------------------------------
 def _meta(buf) -> tuple[int, dict[int, bytes]]:
     """File meta group (always explicit VR little endian); returns (data set start, values)."""
+    if _fast is not None:
+        got = _fast.meta(buf)
+        if got is not None:
+            return got
     pos, end = 132, len(buf)
     values: dict[int, bytes] = {}
     while pos + 8 <= end:
@@ -570,9 +575,41 @@ def _walk(buf, start: int, syntax: Syntax) -> _Walker:
         if len(d.unused_data) > 8:  # up to 8: a zlib/gzip trailer some early writers left (D. Clunie's samples)
             raise _Bad("parse", f"{len(d.unused_data)} bytes after the end of the deflated data set")
         start = 0
-    w = _Walker(data, syntax.explicit, syntax.little)
+    if _fast is not None:
+        levels = _fast.walk(data, start, len(data), syntax.explicit, syntax.little)
+        if levels is not None:
+            return _Walked(data, [_Level(*lv) for lv in levels])
+    w = _Walker(data, syntax.explicit, syntax.little)  # a fault (or no C): the walk that names it
     w.dataset(start, len(data))
     return w
+
+
+class _Walked:
+    """What the C walk returned, shaped like a finished _Walker (buf, levels)."""
+
+    __slots__ = ("buf", "levels")
+
+    def __init__(self, buf, levels: list[_Level]) -> None:
+        self.buf, self.levels = buf, levels
+
+
+def _load_fast():
+    """The C walk (ingest/_dicomwalk.c), configured with this module's tables; None when it is not
+    built (a pure-Python install) or RTLAKE_PURE_VALIDATOR=1 asks for the Python walk alone."""
+    if os.environ.get("RTLAKE_PURE_VALIDATOR") == "1":
+        return None
+    try:
+        from . import _dicomwalk
+    except ImportError:
+        return None
+    _dicomwalk.configure(sorted(_SHORT_VRS), sorted(_LONG_VRS), sorted(_WANTED), sorted(_SQ_TAGS),
+                         sorted(_OTHER_DATA), MAX_DEPTH)
+    return _dicomwalk
+
+
+_fast = _load_fast()
+#: which walk runs on the happy path: "c" (built extension) or "python"
+WALKER = "c" if _fast is not None else "python"
 
 
 _ALTERNATIVES = [SYNTAXES["1.2.840.10008.1.2.1"], SYNTAXES["1.2.840.10008.1.2"], SYNTAXES["1.2.840.10008.1.2.2"],
@@ -659,14 +696,15 @@ _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_MAX = 100_000
 
 
-def _stat_key(path: Path | str) -> tuple[str, int, int, int, int]:
-    st = os.stat(path)
+def _stat_key(path: Path | str, st: os.stat_result | None = None) -> tuple[str, int, int, int, int]:
+    st = st or os.stat(path)
     return os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def remember_written(path: Path | str, verdict: Verdict) -> None:
-    """Record the verdict of bytes just written to `path` unchanged (see _WRITTEN)."""
-    key = _stat_key(path)
+def remember_written(path: Path | str, verdict: Verdict, st: os.stat_result | None = None) -> None:
+    """Record the verdict of bytes just written to `path` unchanged (see _WRITTEN); `st` is the
+    file's stat taken after its last write (an fstat before close), when the caller has it."""
+    key = _stat_key(path, st)
     with _WRITTEN_LOCK:
         if len(_WRITTEN) >= _WRITTEN_MAX:
             _WRITTEN.clear()
