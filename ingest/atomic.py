@@ -9,6 +9,7 @@ patients (see ingest.security).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -68,6 +69,19 @@ def copy_unsynced(src: Path, target: Path, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def move_unsynced(src: Path, target: Path, mode: int = 0o600) -> None:
+    """Move a file the caller owns and no longer needs (a run's scratch copy) to `target`: one
+    rename, so atomic like `copy_unsynced` and without writing the bytes again; across file
+    systems (EXDEV) it falls back to `copy_unsynced`. Not flushed: see `make_durable`."""
+    os.chmod(src, mode)
+    try:
+        os.replace(src, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_unsynced(src, target, mode)
 
 
 def make_durable(paths: list[Path]) -> None:

@@ -522,6 +522,11 @@ class UpdateRun:
              study.primary_modality, self.store.name, self.run_id])
         return SessionPlan(project, subject, label, study, hid)
 
+    @property
+    def scratch(self) -> Path:
+        """Where retrieved studies wait for the store (one folder per study; emptied every run)."""
+        return self.cfg.state_dir / "scratch"
+
     def _fetch(self, plan: SessionPlan, scratch: Path) -> tuple[SessionPlan, SessionPlan, list[Path],
                                                                 RetrievedStudy | None]:
         """Runs in a worker thread: retrieve (one retry for a partial transfer) and pseudonymise.
@@ -548,9 +553,10 @@ class UpdateRun:
     def ingest(self, todo: list[tuple[StudyRecord, str]]) -> None:
         if not todo:
             return
-        scratch = self.cfg.state_dir / "scratch"
+        scratch = self.scratch
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True, exist_ok=True)
+        self.store.scratch = scratch  # what the store may move rather than copy (its files are ours)
         task = self.progress.add_task("ingest", total=len(todo))
         plans = []
         with self.cat.transaction():
@@ -627,6 +633,7 @@ class UpdateRun:
             to_put.append((plan, store_plan, files, got))
         if not to_put:
             return
+        scratch = self.scratch
         try:
             results = self.store.put_studies([(sp, f) for _, sp, f, _ in to_put])
         except Exception as exc:  # noqa: BLE001
@@ -641,9 +648,9 @@ class UpdateRun:
                 self._stored(plan, res, got)
                 failpoints.hit("ingest.recorded")
             self.progress.advance(task)
-            for f in files:  # scratch copies only; the folder source hands out its own files
-                if self.cfg.state_dir in f.parents:
-                    f.unlink(missing_ok=True)
+            uid = plan.study.study_uid  # its scratch folders (the folder source's own files are elsewhere)
+            for d in (scratch / uid, scratch / f"{uid}-pseudo"):
+                shutil.rmtree(d, ignore_errors=True)  # whatever the store did not move in
 
     def _failed(self, plan: SessionPlan, stage: str, exc: BaseException) -> None:
         uid = plan.study.study_uid
@@ -675,8 +682,7 @@ class UpdateRun:
 
     def _origin(self, where: str, sop: str, study: str) -> str:
         """A conflict source as a person can find it: scratch copies are named by the PACS instance."""
-        scratch = self.cfg.state_dir / "scratch"
-        if where and Path(where).is_relative_to(scratch):
+        if where and Path(where).is_relative_to(self.scratch):
             return f"{self.source.name}: SOPInstanceUID {sop} of study {study}"
         return where
 

@@ -133,3 +133,28 @@ def test_orthanc_store_never_posts_damage_and_never_replaces_what_it_holds(corpu
     sop = str(pydicom.dcmread(victim, stop_before_pixels=True).SOPInstanceUID)
     held = next(f for f in third.files if f.sop_uid == sop)
     assert srv.http.get(f"{held.path}/file").content == victim.read_bytes()
+
+
+def test_lake_moves_the_runs_scratch_copies_and_copies_everything_else(corpus, tmp_path):
+    """Files under the run's scratch folder are renamed into the lake (no second write of the bytes);
+    a folder source's own files are copied and stay where they are. Both end owner-only and whole."""
+    import shutil
+    import stat
+
+    from ingest.stores.lake import LakeStore
+
+    plan, files, _ = _study(corpus, "pixels_short")
+    scratch = tmp_path / "state" / "scratch"
+    (scratch / plan.study.study_uid).mkdir(parents=True)
+    ours = [Path(shutil.copy(f, scratch / plan.study.study_uid / f.name)) for f in files[: len(files) // 2]]
+    theirs = files[len(files) // 2:]
+    digests = {sha(f) for f in files}
+    store = LakeStore(tmp_path / "lake")
+    store.scratch = scratch
+    res = store.put_study(plan, ours + theirs)
+    assert len(res.files) == len(files)
+    assert not any(p.exists() for p in ours)  # moved in
+    assert all(p.exists() for p in theirs)  # the source's own files are left alone
+    stored = [Path(f.path) for f in res.files]
+    assert {sha(p) for p in stored} == digests
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored)

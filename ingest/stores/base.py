@@ -37,6 +37,9 @@ class Store(abc.ABC):
     #: the catalog. A store uses it so a valid file of another study never joins a stored instance
     #: (issue 19: conflicting duplicates are recorded, never "first wins").
     stored_instances: Callable[[set[str]], dict[str, tuple[str, str]]] | None = None
+    #: Set by the update run: its scratch folder. Files under it are the run's own copies, deleted
+    #: after the put, so a store may move them instead of copying (the lake renames them in).
+    scratch: Path | None = None
 
     def put_studies(self, items: list[tuple[SessionPlan, list[Path]]]) -> list[StoredSession | Exception]:
         """Store several studies; one result per item, an exception object where that study failed.

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydicom.charset import convert_encodings, decode_bytes
 
 from .. import failpoints
-from ..atomic import copy_unsynced, make_durable, probe_write, sweep_temp, write_text
+from ..atomic import copy_unsynced, make_durable, move_unsynced, probe_write, sweep_temp, write_text
 from ..errors import StoreError, StoreUnavailable
 from ..conflicts import against_stored, same_instance, sha256
 from ..naming import safe
@@ -171,6 +171,11 @@ class LakeStore(Store):
         desc_of: dict[str, str] = {}
         written: list[Path] = []
         made: set[Path] = set()
+        scratch = f"{os.path.abspath(self.scratch)}{os.sep}" if self.scratch else None
+
+        def disposable(f: Path) -> bool:  # the run's scratch copy (never a folder source's own file)
+            return scratch is not None and os.path.abspath(f).startswith(scratch)
+
         for f, sop, series_uid, _num, _mod, sdesc in headers:
             target = sdir / "scans" / scan_of[series_uid] / f"{safe(sop)}.dcm"
             size = f.stat().st_size
@@ -184,7 +189,7 @@ class LakeStore(Store):
                     if target.parent not in made:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         made.add(target.parent)
-                    copy_unsynced(f, target)
+                    (move_unsynced if disposable(f) else copy_unsynced)(f, target)
                 except OSError as exc:
                     raise StoreError(f"study {uid}: cannot write {target}: {exc}") from exc
                 failpoints.hit("ingest.file")
