@@ -131,9 +131,21 @@ _WANTED = frozenset({*_REQUIRED_UIDS, *_PIXEL_ATTRS, *_OTHER_DATA, PIXEL_DATA, *
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
+# UIDs already found valid: a study's Study/Series/SOP Class UIDs repeat in each of its instances,
+# and a dict look-up is ~30x cheaper than the regex (bounded; cleared when full)
+_KNOWN_VALID: dict[str, None] = {}
+
+
 def valid_uid(text: str) -> bool:
     """VR UI (PS3.5 9.1): components of digits without leading zeros ('0' itself allowed), dots, <= 64 chars."""
-    return 0 < len(text) <= 64 and _UID_RE.fullmatch(text) is not None
+    if text in _KNOWN_VALID:
+        return True
+    if 0 < len(text) <= 64 and _UID_RE.fullmatch(text) is not None:
+        if len(_KNOWN_VALID) >= 4096:
+            _KNOWN_VALID.clear()
+        _KNOWN_VALID[text] = None
+        return True
+    return False
 
 
 def show(value: object, limit: int = 80) -> str:
@@ -375,21 +387,22 @@ def _us(raw: bytes, little: bool, name: str) -> int:
     return int.from_bytes(raw, "little" if little else "big")
 
 
-def _check_uids(top: _Level) -> dict[str, str]:
-    found = {}
+_UID_KEYS = {0x00080016: "sop_class_uid", 0x00080018: "sop_uid", 0x0020000D: "study_uid", 0x0020000E: "series_uid"}
+
+
+def _check_uids(top: _Level, ids: dict[str, str]) -> None:
+    """The four required UIDs are present, VR UI and valid; `ids` holds their texts (by Verdict field)."""
     for tag, name in _REQUIRED_UIDS.items():
         got = top.values.get(tag)
         if got is None:
             raise _Bad("uid", f"{name} {_tag(tag)} is missing")
-        vr, raw = got
+        vr, _raw = got
         if vr is not None and vr not in (b"UI", b"UN"):  # UN: written by converters that lost the VR
             raise _Bad("uid", f"{name} has VR {show(vr)}, not UI")
-        text = _text(raw)
-        found[name] = text
+        text = ids[_UID_KEYS[tag]]
         if not valid_uid(text):
             raise _Bad("uid", f"{name} {show(text)!r} is not a valid UID (digits and dots, no leading zeros, "
                               f"at most 64 characters; {len(text)} here)")
-    return found
 
 
 def _frame_bytes(level: _Level, little: bool) -> tuple[int, int, int, int, str]:
@@ -657,12 +670,13 @@ def validate_bytes(buf) -> Verdict:
                          (0x00080016, "sop_class_uid")):
             if tag in top.values:
                 ids[key] = _text(top.values[tag][1])
-        _check_uids(top)
+        _check_uids(top, ids)
         # A Media Storage UID that differs from the data set's is a known quirk of tools that rewrite
         # data sets (anonymisers, old converters): harmless, since rtlake names files by the data set.
         # One that is not even a UID is damage.
-        for name, value in (("MediaStorageSOPInstanceUID", meta_sop), ("MediaStorageSOPClassUID", meta_class)):
-            if not valid_uid(value):
+        for name, value, same in (("MediaStorageSOPInstanceUID", meta_sop, ids["sop_uid"]),
+                                  ("MediaStorageSOPClassUID", meta_class, ids["sop_class_uid"])):
+            if value != same and not valid_uid(value):  # equal to the data set's: just checked
                 raise _Bad("file_meta", f"{name} {show(value)!r} is not a valid UID")
         data = walker.buf
         for level in walker.levels:
