@@ -39,6 +39,7 @@ typedef struct {
 } TagSet;
 
 static TagSet wanted, sq_tags, other_data;
+static unsigned char wanted_group[65536]; /* 1: some wanted tag is in this group (a cheap first test) */
 static signed char vr_kind[65536]; /* -1 unknown VR, 0 short (16-bit length), 1 long (32-bit length) */
 static int max_depth = -1;          /* -1: not configured */
 
@@ -177,7 +178,7 @@ static int dataset(Ctx *c, Py_ssize_t pos, Py_ssize_t end, int depth, int until_
                 Py_ssize_t stop = pos + 8 + u16(b + pos + 6, little);
                 if (stop > end)
                     return FAULT;
-                if (contains(&wanted, tag) && keep(values, tag, vr, b + pos + 8, stop - pos - 8))
+                if (wanted_group[group] && contains(&wanted, tag) && keep(values, tag, vr, b + pos + 8, stop - pos - 8))
                     return ERROR;
                 pos = stop;
                 continue;
@@ -211,7 +212,7 @@ static int dataset(Ctx *c, Py_ssize_t pos, Py_ssize_t end, int depth, int until_
             rc = sequence(c, start, stop, stop, depth, explicit_, little, &ignored);
             if (rc != OK)
                 return rc;
-        } else if (contains(&wanted, tag)) {
+        } else if (wanted_group[group] && contains(&wanted, tag)) {
             if (tag == PIXEL_DATA)
                 rc = set_slot(level, 1, Py_BuildValue("(nn)", start, (Py_ssize_t)length));
             else if (contains(&other_data, tag)) {
@@ -329,6 +330,9 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         max_depth = -1;
         return NULL;
     }
+    memset(wanted_group, 0, sizeof wanted_group);
+    for (Py_ssize_t i = 0; i < wanted.n; i++)
+        wanted_group[wanted.tags[i] >> 16] = 1;
     max_depth = depth;
     Py_RETURN_NONE;
 }

@@ -445,15 +445,29 @@ def _native_length(rows: int, cols: int, samples: int, bits: int, photometric: s
     return (total_bits + 7) // 8 if bits == 1 else total_bits // 8
 
 
+# Pixel Data lengths already found whole, by the raw values they follow from: the instances of a
+# series share them, and the look-up is ~10x cheaper than decoding them again (bounded)
+_WHOLE_LENGTHS: dict[tuple, None] = {}
+_IMAGE_TAGS = (0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
+
+
 def _check_native(level: _Level, little: bool) -> None:
     start, length = level.pixel  # type: ignore[misc]
+    v = level.values
+    key = (length, little, *[v.get(t) for t in _IMAGE_TAGS])
+    if key in _WHOLE_LENGTHS:
+        return
     rows, cols, samples, bits, photometric = _frame_bytes(level, little)
     frames = _frames(level)
     want = _native_length(rows, cols, samples, bits, photometric, frames)
     padded = want + (want & 1)
     # an odd byte count is padded to even (PS3.5 7.1.1); the unpadded odd length some writers leave
     # still holds every pixel, so it is whole
-    if length != padded and not (want & 1 and length == want):
+    if length == padded or (want & 1 and length == want):
+        if len(_WHOLE_LENGTHS) >= 1024:
+            _WHOLE_LENGTHS.clear()
+        _WHOLE_LENGTHS[key] = None
+    else:
         raise _Bad("pixel_data", f"Pixel Data has {length} bytes; Rows {rows} x Columns {cols} x SamplesPerPixel "
                                  f"{samples} x {frames} frame(s) at {bits} bits needs {padded}")
 
@@ -710,15 +724,18 @@ _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_MAX = 100_000
 
 
-def _stat_key(path: Path | str, st: os.stat_result | None = None) -> tuple[str, int, int, int, int]:
+def _stat_key(path: Path | str, st: os.stat_result | None = None, normal: bool = False
+              ) -> tuple[str, int, int, int, int]:
     st = st or os.stat(path)
-    return os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return path if normal else os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def remember_written(path: Path | str, verdict: Verdict, st: os.stat_result | None = None) -> None:
+def remember_written(path: Path | str, verdict: Verdict, st: os.stat_result | None = None,
+                     normal: bool = False) -> None:
     """Record the verdict of bytes just written to `path` unchanged (see _WRITTEN); `st` is the
-    file's stat taken after its last write (an fstat before close), when the caller has it."""
-    key = _stat_key(path, st)
+    file's stat taken after its last write (an fstat before close), when the caller has it;
+    `normal`: `path` is already an absolute, normalised str (what os.path.abspath would return)."""
+    key = _stat_key(path, st, normal)
     with _WRITTEN_LOCK:
         if len(_WRITTEN) >= _WRITTEN_MAX:
             _WRITTEN.clear()

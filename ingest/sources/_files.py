@@ -162,7 +162,8 @@ class ReceivedStudy:
                 os.unlink(target)
                 raise
             os.close(fd)
-            remember_written(target, v, st)  # the store's own check of this file is then a look-up
+            # the store's own check of this file is then a look-up (target: abspath'd folder + UID)
+            remember_written(target, v, st, normal=True)
             path = Path(target)
         finally:
             self._settle(sop, path, origin)
