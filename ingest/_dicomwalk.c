@@ -57,7 +57,7 @@ static inline uint32_t u32(const unsigned char *p, int little) {
                   : (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-static int contains(const TagSet *s, uint32_t tag) {
+static Py_ssize_t find(const TagSet *s, uint32_t tag) {
     Py_ssize_t lo = 0, hi = s->n;
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
@@ -66,20 +66,30 @@ static int contains(const TagSet *s, uint32_t tag) {
         else
             hi = mid;
     }
-    return lo < s->n && s->tags[lo] == tag;
+    return lo < s->n && s->tags[lo] == tag ? lo : -1;
 }
+
+static int contains(const TagSet *s, uint32_t tag) { return find(s, tag) >= 0; }
 
 static int is_vr(const unsigned char *vr, char a, char b) { return vr != NULL && vr[0] == a && vr[1] == b; }
 
+static PyObject **wanted_keys; /* the int objects of wanted.tags, made once by configure() */
+static PyObject *vr_bytes[65536]; /* the 2-byte VR objects, made on first use and kept */
+
+static Py_ssize_t find(const TagSet *s, uint32_t tag); /* index of tag in s, or -1 */
+
 /* values[tag] = (vr or None, raw bytes) */
 static int keep(PyObject *values, uint32_t tag, const unsigned char *vr, const unsigned char *raw, Py_ssize_t n) {
-    PyObject *key = PyLong_FromUnsignedLong(tag);
-    PyObject *v = vr ? PyBytes_FromStringAndSize((const char *)vr, 2) : (Py_INCREF(Py_None), Py_None);
+    PyObject *v = Py_None;
+    if (vr != NULL) {
+        PyObject **slot = &vr_bytes[vr[0] << 8 | vr[1]];
+        if (*slot == NULL && (*slot = PyBytes_FromStringAndSize((const char *)vr, 2)) == NULL)
+            return ERROR;
+        v = *slot;
+    }
     PyObject *r = PyBytes_FromStringAndSize((const char *)raw, n);
-    PyObject *pair = (v && r) ? PyTuple_Pack(2, v, r) : NULL;
-    int rc = (key && pair) ? PyDict_SetItem(values, key, pair) : -1;
-    Py_XDECREF(key);
-    Py_XDECREF(v);
+    PyObject *pair = r ? PyTuple_Pack(2, v, r) : NULL;
+    int rc = pair ? PyDict_SetItem(values, wanted_keys[find(&wanted, tag)], pair) : -1;
     Py_XDECREF(r);
     Py_XDECREF(pair);
     return rc < 0 ? ERROR : OK;
@@ -330,6 +340,17 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         max_depth = -1;
         return NULL;
     }
+    PyObject **keys = PyMem_Calloc(wanted.n ? wanted.n : 1, sizeof(PyObject *));
+    if (keys == NULL) {
+        max_depth = -1;
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < wanted.n; i++)
+        if ((keys[i] = PyLong_FromUnsignedLong(wanted.tags[i])) == NULL) {
+            max_depth = -1;
+            return NULL; /* a few small ints leaked on a failed configure: never retried */
+        }
+    wanted_keys = keys; /* configure() runs once per process: the old table (if any) is kept alive */
     memset(wanted_group, 0, sizeof wanted_group);
     for (Py_ssize_t i = 0; i < wanted.n; i++)
         wanted_group[wanted.tags[i] >> 16] = 1;
