@@ -56,22 +56,42 @@ def _series_keys(raw: dict[int, bytes]) -> tuple[str, str, str]:
     return number, text(0x00080060), desc_text
 
 
-def scan_ids(series: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Scan folder per series: its SeriesNumber, made unique (and stable) with a UID hash on clashes."""
+def scan_ids(series: dict[str, tuple[str, str]], previous: dict[str, str] | None = None) -> dict[str, str]:
+    """Scan folder per series: its SeriesNumber, made unique (and stable) with a UID hash on clashes.
+
+    `previous` (series UID -> scan folder) is what the session already holds: those folders never
+    change. Why: a series that arrives later with a SeriesNumber already used in the session (a
+    re-export, a second reconstruction) must not rename the stored scan's folder on re-ingest,
+    which would store its files a second time under the new name while the catalog keeps the old.
+    """
+    previous = previous or {}
+    out = {uid: sid for uid, sid in previous.items() if uid in series}
+    used = set(previous.values())
     by_number: dict[str, list[str]] = defaultdict(list)
     for uid, (number, _mod) in series.items():
-        by_number[number].append(uid)
-    out = {}
+        if uid not in out:
+            by_number[number].append(uid)
     for number, uids in by_number.items():
         for uid in uids:
             h = hashlib.sha1(uid.encode()).hexdigest()[:6]
             if not number:
                 out[uid] = f"S{h}"
-            elif len(uids) > 1:
+            elif len(uids) > 1 or safe(number) in used:
                 out[uid] = f"{safe(number)}_{h}"
             else:
                 out[uid] = safe(number)
     return out
+
+
+def _held_manifest_scans(sdir: Path, study_uid: str) -> list[dict]:
+    """The scan entries of the session's manifest in the lake (this study's), if there is one."""
+    try:
+        manifest = json.loads((sdir / "session.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(manifest, dict) or manifest.get("study_uid") != study_uid:
+        return []
+    return [e for e in manifest.get("scans", []) if isinstance(e, dict) and e.get("series_uid") and e.get("id")]
 
 
 def _digest(path: str) -> str:
@@ -165,7 +185,8 @@ class LakeStore(Store):
         if not headers and not conflicts:
             raise StoreError(f"study {uid}: no storable DICOM files ({len(files)} offered)")
         series = {h[2]: (h[3], h[4]) for h in headers}
-        scan_of = scan_ids(series)
+        held = _held_manifest_scans(sdir, uid)
+        scan_of = scan_ids(series, {e["series_uid"]: e["id"] for e in held})
         stored: list[StoredFile] = []
         counts: dict[str, int] = defaultdict(int)
         desc_of: dict[str, str] = {}
@@ -207,6 +228,9 @@ class LakeStore(Store):
             "scans": [{"id": s.scan_id, "series_uid": s.series_uid, "modality": s.modality,
                        "description": s.description, "files": s.n_files} for s in scans],
         }
+        # scans stored earlier and not offered now (gone from the PACS, say) are still in the lake
+        manifest["scans"] += [e for e in held if e["series_uid"] not in counts]
+        manifest["scans"].sort(key=lambda e: e["id"])
         try:
             make_durable(written)  # one flush for the study, before anything records it as stored
         except OSError as exc:
