@@ -33,6 +33,20 @@ from tests.run_compare import VOLATILE, snapshot
 from tests.run_compare import lake_tree as tree
 
 RTLAKE = [sys.executable, "-m", "ingest.cli"]
+# Every `rtlake update` here runs on one fixed (advancing) clock: the outbox files are named by the
+# run's date, so a kill plan that crosses midnight would otherwise compare differently named files
+# with the reference run. libfaketime is preloaded into the rtlake process itself (not the
+# `faketime` wrapper, which forks: a SIGKILL must reach the run, not a parent left waiting).
+CLOCK = "@2026-06-01 10:00:00"
+FAKETIME_LIBS = [Path("/usr/lib") / arch / "faketime" / "libfaketimeMT.so.1"
+                 for arch in ("x86_64-linux-gnu", "aarch64-linux-gnu")]
+
+
+def _fixed_clock_env() -> dict[str, str]:
+    lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
+    if lib is None:
+        pytest.skip("!!! libfaketime not installed (apt-get install faketime): the runs need a fixed clock")
+    return {"LD_PRELOAD": str(lib), "FAKETIME": CLOCK, "FAKETIME_DONT_RESET": "1"}
 PHASES = ("retrieve", "catalog", "report", "harvest", "clock")
 
 # Columns that legitimately differ between two runs of the same work (run ids, clocks).
@@ -88,7 +102,7 @@ def update(cfg: Path, srv, failpoints: str | None = None, kill_after: float | No
            ) -> tuple[int, str, float]:
     """One `rtlake update` subprocess; returns (exit code, stderr, seconds)."""
     env = {**os.environ, "RTLAKE_TEST_PACS_USER": srv.username, "RTLAKE_TEST_PACS_PASSWORD": srv.password,
-           "COLUMNS": "200"}
+           "COLUMNS": "200", **_fixed_clock_env()}
     env.pop("RTLAKE_FAILPOINTS", None)
     if failpoints:
         env["RTLAKE_FAILPOINTS"] = failpoints
