@@ -358,18 +358,23 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The bytes to read, once configure() has given the tables. */
+static int get_buffer(PyObject *obj, Py_buffer *view) {
+    if (max_depth < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_dicomwalk.configure() has not been called");
+        return -1;
+    }
+    return PyObject_GetBuffer(obj, view, PyBUF_SIMPLE);
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     PyObject *obj;
     Py_ssize_t start, end;
     int explicit_, little;
     if (!PyArg_ParseTuple(args, "Onnpp", &obj, &start, &end, &explicit_, &little))
         return NULL;
-    if (max_depth < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "_dicomwalk.configure() has not been called");
-        return NULL;
-    }
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+    if (get_buffer(obj, &view) < 0)
         return NULL;
     if (start < 0 || end > view.len || start > end) {
         PyBuffer_Release(&view);
@@ -396,12 +401,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
 
 /* File meta group (validate._meta): (data set start, {element: raw value}) or None on a fault. */
 static PyObject *meta(PyObject *self, PyObject *obj) {
-    if (max_depth < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "_dicomwalk.configure() has not been called");
-        return NULL;
-    }
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+    if (get_buffer(obj, &view) < 0)
         return NULL;
     const unsigned char *b = view.buf;
     Py_ssize_t pos = 132, end = view.len;
