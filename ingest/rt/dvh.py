@@ -131,19 +131,31 @@ class DoseSamples:
         self.sub = max(1, min(64, 4096 // n_curve))  # fine bins per curve bin
         self.n_bins = n_curve * self.sub
         inv = np.float32(self.sub / bin_width_gy)
-        self.bf = self._bins(self.df, inv)
-        self.bp = self._bins(self.dp, inv)
-        hist = np.bincount(self.bf, minlength=self.n_bins) * self.cell
+        self.bf, counts = self._bins(self.df, inv, count=True)
+        self.bp, _ = self._bins(self.dp, inv)
+        hist = counts * self.cell
         if self.dp.size:
             hist = hist + np.bincount(self.bp, weights=self.wp, minlength=self.n_bins)
         self.hist = hist
         self.above = np.append(np.cumsum(hist[::-1])[::-1], 0.0)  # volume in bins ≥ index
 
-    def _bins(self, d: np.ndarray, inv: np.float32) -> np.ndarray:
-        dtype = np.uint16 if self.n_bins <= 65535 else np.int32
-        t = d * inv
-        np.clip(t, 0, self.n_bins - 1, out=t)
-        return t.astype(dtype)
+    #: samples binned per pass: small enough for the cache, so binning and counting 10⁷ samples
+    #: do not stream whole-size temporaries through memory (np.bincount of uint16 widens to int64)
+    CHUNK = 1 << 16
+
+    def _bins(self, d: np.ndarray, inv: np.float32, count: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fine bin of every sample and, with `count`, the number of samples per bin."""
+        out = np.empty(d.size, np.uint16 if self.n_bins <= 65535 else np.int32)
+        counts = np.zeros(self.n_bins, np.int64) if count else None
+        t = np.empty(min(d.size, self.CHUNK), np.float32)
+        for s0 in range(0, d.size, self.CHUNK):
+            tt, b = t[: min(d.size - s0, self.CHUNK)], out[s0 : s0 + self.CHUNK]
+            np.multiply(d[s0 : s0 + self.CHUNK], inv, out=tt)
+            np.clip(tt, 0, self.n_bins - 1, out=tt)
+            np.copyto(b, tt, casting="unsafe")  # truncation, as astype
+            if count:
+                counts += np.bincount(b, minlength=self.n_bins)
+        return out, counts
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower bin edges, differential volume per curve bin)."""

@@ -165,7 +165,6 @@ class _Planes:
         self.lat = ((np.arange(bi) + self.oi)[:, np.newaxis] * self.nj + (np.arange(bj) + self.oj)).ravel()
         self.contours = contours  # per plane: (N, 2) lattice (col, row) coordinates
         self._tree = None
-        self._grown: dict[int, np.ndarray] = {}
         # per-plane request state (see phi)
         self._ck = np.zeros(0, np.int64)  # kept φ: key plane · size + lattice flat, ascending
         self._cv = np.zeros(0, np.float32)
@@ -325,36 +324,40 @@ class _Planes:
             self._feat.pop(int(p), None)
 
     # ------------------------------------------------------------------ arbitrary positions
-    def grown(self, p: int) -> np.ndarray:
-        """Plane p's inside samples and their 8 neighbours (lattice flat): a superset of where φ > 0."""
-        if p not in self._grown:
-            inside = np.zeros((self.ni, self.nj), bool)
-            bi, bj = self.ins.shape[1:]
-            inside[self.oi : self.oi + bi, self.oj : self.oj + bj] = self.ins[p]
-            m = inside.copy()
-            m[1:, :] |= inside[:-1, :]
-            m[:-1, :] |= inside[1:, :]
-            g = m.copy()
-            g[:, 1:] |= m[:, :-1]
-            g[:, :-1] |= m[:, 1:]
-            self._grown[p] = g.ravel()
-        return self._grown[p]
+    def grown(self, plane: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """Whether lattice samples (`cell`, flat) are inside their plane or next to an inside sample
+        (8-neighbourhood): a superset of where φ > 0."""
+        ci, cj = np.divmod(cell, self.nj)
+        ci, cj = ci - self.oi, cj - self.oj
+        bi, bj = self.ins.shape[1:]
+        out = np.zeros(cell.size, bool)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = ci + di, cj + dj
+                ok = np.flatnonzero((ii >= 0) & (ii < bi) & (jj >= 0) & (jj < bj))
+                out[ok] |= self.ins[plane[ok], ii[ok], jj[ok]]
+        return out
 
-    def signed(self, p: int, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
-        """φ of plane p at arbitrary (continuous) lattice positions: exact distance, even-odd sign."""
+    def signed(self, plane: np.ndarray, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
+        """φ of planes `plane` at arbitrary (continuous) lattice positions: exact distance, even-odd sign."""
         if self._tree is None:
             self._index()
-        q = self._query_points(np.full(ri.size, p), ri, rj)
+        q = self._query_points(plane, ri, rj)
         d = self._distance(q, np.inf)
         crossings = np.zeros(ri.size, np.int64)
-        s0, s1 = self._seg_range[p], self._seg_range[p + 1]
-        a, b = self._a[s0:s1], self._b[s0:s1]
-        for c0 in range(0, ri.size, 2048):  # even-odd: crossings of a ray towards +column
-            y, x = q[c0 : c0 + 2048, 0:1], q[c0 : c0 + 2048, 1:2]
-            straddle = (a[:, 0] > y) != (b[:, 0] > y)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                xc = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
-            crossings[c0 : c0 + 2048] = np.count_nonzero(straddle & (xc > x), axis=1)
+        order = np.argsort(plane, kind="stable")
+        bounds = np.searchsorted(plane[order], np.arange(self.n + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            at = order[bounds[p] : bounds[p + 1]]
+            s0, s1 = self._seg_range[p], self._seg_range[p + 1]
+            a, b = self._a[s0:s1], self._b[s0:s1]
+            for c0 in range(0, at.size, 2048):  # even-odd: crossings of a ray towards +column
+                sel = at[c0 : c0 + 2048]
+                y, x = q[sel, 0:1], q[sel, 1:2]
+                straddle = (a[:, 0] > y) != (b[:, 0] > y)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    xc = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+                crossings[sel] = np.count_nonzero(straddle & (xc > x), axis=1)
         return np.where(crossings % 2 == 1, d, -d)
 
 
@@ -684,9 +687,18 @@ class _PlaneDose:
             return np.zeros(self.shape, np.float32)
         a = self.arr
         plane = a[self.klo[k]] + (a[self.khi[k]] - a[self.klo[k]]) * self.kw[k]
-        rows = plane[self.ilo] + (plane[self.ihi] - plane[self.ilo]) * self.iw
-        out = rows[:, self.jlo] + (rows[:, self.jhi] - rows[:, self.jlo]) * self.jw
-        return out * self.mask
+        # lo + (hi − lo)·w, each gather taken once and the arithmetic in place (same values)
+        lo = plane[self.ilo]
+        rows = plane[self.ihi] - lo
+        rows *= self.iw
+        rows += lo
+        lo = np.take(rows, self.jlo, axis=1)
+        out = np.take(rows, self.jhi, axis=1)
+        out -= lo
+        out *= self.jw
+        out += lo
+        out *= self.mask
+        return out
 
 
 def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, pls: _Planes, cap_mm: float,
@@ -711,30 +723,30 @@ def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, pl
         if idx.size and allowed:  # a cap, unless the end plane is the first/last CT slice
             cell = (np.clip(np.rint(ri[idx]).astype(np.int64), 0, lat.ni - 1) * lat.nj
                     + np.clip(np.rint(rj[idx]).astype(np.int64), 0, lat.nj - 1))
-            idx = idx[pls.grown(p)[cell]]
-            inside[idx] = pls.signed(p, ri[idx], rj[idx]) > cap_mm * np.abs(kz[idx] - end)
+            on_end = np.full(idx.size, p)
+            keep = pls.grown(on_end, cell)
+            idx, on_end = idx[keep], on_end[keep]
+            inside[idx] = pls.signed(on_end, ri[idx], rj[idx]) > cap_mm * np.abs(kz[idx] - end)
     mid = np.flatnonzero(~below & ~above)
     g = np.searchsorted(planes, kz[mid], side="right") - 1  # plane at or below
     # A voxel whose nearest sample is more than a sample away from both planes' insides is outside.
-    near = np.zeros(mid.size, bool)
     cell = np.clip(np.rint(ri[mid]).astype(np.int64), 0, lat.ni - 1) * lat.nj + np.clip(np.rint(rj[mid]).astype(np.int64), 0, lat.nj - 1)
-    for m in np.unique(g):
-        sel = np.flatnonzero(g == m)
-        grown = pls.grown(m) | (pls.grown(m + 1) if m + 1 < P else False)
-        near[sel] = grown[cell[sel]]
+    near = pls.grown(g, cell)
+    up = np.flatnonzero(g + 1 < P)
+    near[up] |= pls.grown(g[up] + 1, cell[up])
     mid, g = mid[near], g[near]
-    for m in np.unique(g):
-        idx = mid[g == m]
-        a = planes[m]
-        on = kz[idx] == a
-        phi_a = pls.signed(m, ri[idx], rj[idx])
+    if mid.size:
+        pk = np.asarray(planes)
+        a = pk[g]
+        on = kz[mid] == a
+        phi_a = pls.signed(g, ri[mid], rj[mid])
         ok = on & (phi_a > 0)
-        if m + 1 < P and not on.all():
-            b = planes[m + 1]
-            x = ~on
-            t = (kz[idx][x] - a) / float(b - a)
-            ok[x] = (1 - t) * phi_a[x] + t * pls.signed(m + 1, ri[idx][x], rj[idx][x]) > 0
-        inside[idx] = ok
+        x = np.flatnonzero(~on & (g + 1 < P))
+        if x.size:
+            gx = g[x]
+            t = (kz[mid[x]] - a[x]) / (pk[gx + 1] - a[x]).astype(np.float64)
+            ok[x] = (1 - t) * phi_a[x] + t * pls.signed(gx + 1, ri[mid[x]], rj[mid[x]]) > 0
+        inside[mid] = ok
     if not inside.any():
         return None, None
     v = val[inside]
