@@ -153,7 +153,7 @@ class _Planes:
     FEATURE_SHARE = 0.2
 
     def __init__(self, ins: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
-                 contours: list[list[np.ndarray]], spacing: tuple[float, float]):
+                 xy: np.ndarray, lens: np.ndarray, per_plane: np.ndarray, spacing: tuple[float, float]):
         self.ins = ins  # bool [plane, i, j] on the structure's mask box
         self.n = ins.shape[0]
         self.oi, self.oj = offset  # the box's place on the lattice
@@ -163,7 +163,8 @@ class _Planes:
         bi, bj = ins.shape[1:]
         #: lattice flat index of every box sample (row-major, so ascending)
         self.lat = ((np.arange(bi) + self.oi)[:, np.newaxis] * self.nj + (np.arange(bj) + self.oj)).ravel()
-        self.contours = contours  # per plane: (N, 2) lattice (col, row) coordinates
+        # contour points, lattice (col, row), plane by plane; points per contour; contours per plane
+        self.xy, self.lens, self.per_plane = xy, lens, per_plane
         self._tree = None
         # per-plane request state (see phi)
         self._ck = np.zeros(0, np.int64)  # kept φ: key plane · size + lattice flat, ascending
@@ -177,10 +178,7 @@ class _Planes:
         """k-d tree of points along every contour (mm, (row, col, plane)); each knows its segment."""
         from scipy.spatial import cKDTree
 
-        per_plane = [len(c) for c in self.contours]
-        flat = [xy for c in self.contours for xy in c]
-        lens = np.array([len(xy) for xy in flat])
-        xy = np.concatenate(flat)
+        per_plane, lens, xy = self.per_plane, self.lens, self.xy
         a = np.column_stack([xy[:, 1] * self.spacing[0], xy[:, 0] * self.spacing[1]])
         starts = np.cumsum(lens) - lens
         nxt = np.arange(1, len(a) + 1)
@@ -376,26 +374,35 @@ class _Lattice:
         return (self.grid.spacing[1], self.grid.spacing[0])  # (row, column) mm
 
 
-def _plane_of_contours(roi: Roi, grid: Grid) -> tuple[list[int], dict[int, list[np.ndarray]], int]:
+@dataclass
+class _Contours:
+    """A structure's kept closed contours as continuous CT indices (j, i, k), grouped by CT slice."""
+
+    planes: list[int]  # the slices that have contours, ascending
+    points: np.ndarray  # (N, 3), plane by plane, each plane's contours in their file order
+    lens: np.ndarray  # points per contour, in that order
+    per_plane: np.ndarray  # contours per plane
+    dropped: int  # contours beyond the first/last CT slice
+
+
+def _plane_of_contours(roi: Roi, grid: Grid) -> _Contours:
     """Continuous CT indices (j, i, k) of each closed contour, grouped by its CT slice (nearest, as
     for the masks); contours beyond the image are dropped and counted."""
     closed = roi.closed
     nk = grid.shape[0]
     if not closed:
-        return [], {}, 0
+        return _Contours([], np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     lens = np.array([len(c.points) for c in closed])
     starts = np.cumsum(lens) - lens
     idx = grid.to_index(np.concatenate([c.points for c in closed]))  # one transform for the structure
     mean_k = np.add.reduceat(idx[:, 2], starts) / lens
-    by_k: dict[int, list[np.ndarray]] = {}
-    dropped = 0
-    for n, s in enumerate(mean_k):
-        if s < -0.5 - 1e-6 or s > nk - 0.5 + 1e-6:
-            dropped += 1
-            continue
-        k = int(np.clip(np.rint(s), 0, nk - 1))
-        by_k.setdefault(k, []).append(idx[starts[n] : starts[n] + lens[n]])
-    return sorted(by_k), by_k, dropped
+    keep = (mean_k >= -0.5 - 1e-6) & (mean_k <= nk - 0.5 + 1e-6)
+    k = np.clip(np.rint(mean_k), 0, nk - 1).astype(np.int64)
+    order = np.flatnonzero(keep)[np.argsort(k[keep], kind="stable")]  # by slice, file order within
+    planes, per_plane = np.unique(k[order], return_counts=True)
+    ln = lens[order]
+    pts = idx[np.arange(int(ln.sum())) + np.repeat(starts[order] - (np.cumsum(ln) - ln), ln)]
+    return _Contours(planes.tolist(), pts, lens[order], per_plane, int(np.count_nonzero(~keep)))
 
 
 def tps_samples(
@@ -411,7 +418,8 @@ def tps_samples(
     geometry: an unusable structure comes back without samples and with a warning.
     """
     warnings: list[str] = []
-    planes, by_k, dropped = _plane_of_contours(roi, grid)
+    cs = _plane_of_contours(roi, grid)
+    planes, dropped = cs.planes, cs.dropped
     if not planes:
         warnings.append("no closed contour on the CT's slices")
         return _empty(1, 0, warnings)
@@ -424,8 +432,7 @@ def tps_samples(
     # Lattice: bounding box of every kept contour on the sub-pixel grid, plus a margin.
     # sub-pixel lattice index = CT index · s + (s − 1)/2 in-plane (grid.supersampled); slices unchanged
     half = (s - 1) / 2.0
-    pts_idx = {k: [np.column_stack([q[:, 0] * s + half, q[:, 1] * s + half, q[:, 2]]) for q in by_k[k]] for k in planes}
-    allp = np.concatenate([q for k in planes for q in pts_idx[k]])
+    allp = np.column_stack([cs.points[:, 0] * s + half, cs.points[:, 1] * s + half, cs.points[:, 2]])
     m = opts.margin_px * s
     i0 = int(math.floor(allp[:, 1].min())) - m
     j0 = int(math.floor(allp[:, 0].min())) - m
@@ -443,7 +450,7 @@ def tps_samples(
 
     P = len(planes)
     pls = _Planes(*_plane_insides(mask, planes, i0, j0), (ni, nj),
-                  [[q[:, :2] - [j0, i0] for q in pts_idx[k]] for k in planes], lat.spacing)
+                  allp[:, :2] - [j0, i0], cs.lens, cs.per_plane, lat.spacing)
     ins = pls.ins.reshape(P, -1)  # [plane, box flat]
     first, last = planes[0], planes[-1]
     cap_mm = opts.cap_slope * dz  # φ per slice unit of cap height
@@ -566,7 +573,7 @@ def tps_samples(
         gmin, gmax = _grid_extremes(dose, sg, lat, planes, nk, pls, cap_mm, smin, smax)
         # The contours themselves are the solid's surface on the planes: in a gradient the extremes
         # lie there (the TPS, sampling its own boundary, reports them).
-        verts = np.concatenate([q for k in planes for q in pts_idx[k]])
+        verts = allp
         vd = _trilinear(dose, sg, verts[:, 0], verts[:, 1], verts[:, 2])
         inside_grid = _inside_dose_hull(dose, sg, verts)
         if inside_grid.any():
