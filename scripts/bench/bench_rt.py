@@ -37,6 +37,11 @@ import numpy as np  # noqa: E402
 from ingest.rt import phantoms as P  # noqa: E402
 
 
+def _load() -> str:
+    """The 1-minute load average and core count, printed with the results (shared machine)."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def _best(fn, repeat: int = 2) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -213,7 +218,7 @@ def main() -> int:
             os.link(f, ctdir / f.name)
     ct_files = sorted(ctdir.glob("CT_*.dcm"))
     rs, rd = data / "RS.dcm", data / "RD.dcm"
-    print(f"set: {args.rois} ROIs, {args.slices} × {args.size} × {args.size} CT, written in {time.perf_counter() - t:.1f} s ({work})")
+    print(f"set: {args.rois} ROIs, {args.slices} × {args.size} × {args.size} CT, written in {time.perf_counter() - t:.1f} s ({work}); {_load()}")
 
     t_ours, (grid, ss, masks) = _best(lambda: rtlake_masks(ct_files, rs))
     npts = sum(len(c.points) for r in ss.rois for c in r.contours)
@@ -260,7 +265,7 @@ def main() -> int:
           f"{t_dvh:.2f} s (CPU {c_dvh:.2f} s)")
     print(f"rtlake DVH, TPS method (default), all {len(tps)} ROIs (parse + dose read + shape-interpolated solid + "
           f"trilinear dose + metrics): {t_tps:.2f} s (CPU {c_tps:.2f} s)")
-    print(f"RATIO TPS method/voxel method: {t_tps / t_dvh:.2f}× wall, {c_tps / c_dvh:.2f}× CPU  (goal ≤ 3×)")
+    print(f"RATIO TPS method/voxel method: {t_tps / t_dvh:.2f}× wall, {c_tps / c_dvh:.2f}× CPU  (goal ≤ 3×); {_load()}")
     dv = [100 * (tps[k]["volume_cc"] / dvhs[k]["volume_cc"] - 1) for k in tps if dvhs.get(k, {}).get("volume_cc")]
     print(f"TPS-method volume vs voxel (slab) volume: median {np.median(dv):+.2f} % (range {min(dv):+.2f} … {max(dv):+.2f} %)")
 
@@ -286,7 +291,7 @@ def main() -> int:
         print(f"RATIO dicompyler-core/rtlake voxel method (DVH): {dc['seconds'] / t_dvh:.1f}× faster wall, "
               f"{dc['cpu'] / c_dvh:.1f}× CPU  (goal ≥ 10×)")
         print(f"RATIO dicompyler-core/rtlake TPS method (DVH): {dc['seconds'] / t_tps:.1f}× faster wall, "
-              f"{dc['cpu'] / c_tps:.1f}× CPU  (goal ≥ 10×)")
+              f"{dc['cpu'] / c_tps:.1f}× CPU  (goal ≥ 10×); {_load()}")
         dm = [abs(v["mean"] - dvhs[k]["Dmean_Gy"]) for k, v in dc["dvh"].items() if not isinstance(v, str) and k in dvhs]
         if dm:
             print(f"|Dmean| difference vs dicompyler-core: median {np.median(dm):.3f} Gy, max {max(dm):.3f} Gy")
