@@ -616,7 +616,7 @@ def _pair_changes(ins: np.ndarray, chunk: int = 8_000_000) -> tuple[np.ndarray, 
 def _inside_dose_hull(dose, sg: Grid, pts: np.ndarray) -> np.ndarray:
     """Lattice points (j, i, k) inside the hull of the dose-grid voxel centres (where the TPS has dose)."""
     A, b = _affine_to(sg, dose.grid)
-    c = A @ pts.T + b[:, np.newaxis]
+    c = _affine(A, b, pts.T)
     hi = np.array([dose.grid.shape[2], dose.grid.shape[1], dose.grid.shape[0]], float)[:, np.newaxis] - 1
     return np.all((c >= -1e-4) & (c <= hi + 1e-4), axis=0)
 
@@ -630,7 +630,16 @@ def _affine_to(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     return A, b
 
 
-def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chunk: int = 2_000_000) -> np.ndarray:
+def _affine(A: np.ndarray, b: np.ndarray, x: np.ndarray, block: int = 16384) -> np.ndarray:
+    """A @ x + b for (3, n) x, a block of columns at a time: for a 3 × 3 matrix BLAS threads cost more
+    CPU than they save (and spin after the product), and blocks this small stay on one thread."""
+    out = np.empty((3, x.shape[1]))
+    for s0 in range(0, x.shape[1], block):
+        out[:, s0 : s0 + block] = A @ x[:, s0 : s0 + block] + b[:, np.newaxis]
+    return out
+
+
+def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """Dose (Gy) at lattice points (j, i on the supersampled grid, kz in slice units); 0 outside the grid."""
     from scipy import ndimage
 
@@ -642,7 +651,7 @@ def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chu
     for s0 in range(0, j.size, chunk):
         s1 = min(j.size, s0 + chunk)
         src = np.vstack([j[s0:s1], i[s0:s1], kz[s0:s1]]).astype(np.float64)
-        c = A @ src + b[:, np.newaxis]  # (3, n): dose j, i, k
+        c = _affine(A, b, src)  # (3, n): dose j, i, k
         ok = np.all((c >= -eps) & (c <= shape[:, np.newaxis] - 1 + eps), axis=0)
         vals = ndimage.map_coordinates(arr, [c[2], c[1], c[0]], order=1, mode="nearest", prefilter=False)
         vals[~ok] = 0.0
@@ -781,7 +790,7 @@ def _dose_centres_in_box(dose, sg: Grid, lat: _Lattice, kz_lo: float, kz_hi: flo
     kk, ii, jj = np.unravel_index(c, block.shape)
     kk, ii, jj = kk + lo[2], ii + lo[1], jj + lo[0]
     A, b = _affine_to(dgrid, sg)
-    p = A @ np.vstack([jj, ii, kk]).astype(np.float64) + b[:, np.newaxis]
+    p = _affine(A, b, np.vstack([jj, ii, kk]).astype(np.float64))
     ri, rj = p[1] - lat.i0, p[0] - lat.j0
     ok = (ri >= -0.5) & (ri <= lat.ni - 0.5) & (rj >= -0.5) & (rj <= lat.nj - 0.5) & (p[2] >= kz_lo) & (p[2] <= kz_hi)
     if not ok.any():
