@@ -113,7 +113,10 @@ class DoseSamples:
     """
 
     def __init__(self, full: np.ndarray, cell_cc: float, part: np.ndarray | None = None,
-                 part_weight_cc: np.ndarray | None = None, bin_width_gy: float = 0.1) -> None:
+                 part_weight_cc: np.ndarray | None = None, bin_width_gy: float = 0.1,
+                 full_range: tuple[float, float] | None = None) -> None:
+        """`full_range`: the smallest and largest of `full`, when the caller already has them (saves
+        two passes over 10⁷ samples)."""
         self.df = np.ascontiguousarray(full, dtype=np.float32).ravel()
         self.cell = float(cell_cc)
         self.dp = np.ascontiguousarray(part if part is not None else np.zeros(0), dtype=np.float32).ravel()
@@ -124,9 +127,14 @@ class DoseSamples:
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if not self.size:
             return
-        groups = [g for g in (self.df, self.dp) if g.size]
-        self.lo = float(min(g.min() for g in groups))
-        self.hi = float(max(g.max() for g in groups))
+        lo = [self.dp.min()] if self.dp.size else []
+        hi = [self.dp.max()] if self.dp.size else []
+        if self.df.size:
+            f_lo, f_hi = full_range if full_range is not None else (self.df.min(), self.df.max())
+            lo.append(f_lo)
+            hi.append(f_hi)
+        self.lo = float(min(lo))
+        self.hi = float(max(hi))
         n_curve = int(math.floor(max(self.hi, 0.0) / bin_width_gy)) + 1
         self.sub = max(1, min(64, 4096 // n_curve))  # fine bins per curve bin
         self.n_bins = n_curve * self.sub
@@ -183,7 +191,8 @@ class DoseSamples:
         for d, bb, w in ((self.df, self.bf, None), (self.dp, self.bp, self.wp)):
             if not d.size:
                 continue
-            sel = np.flatnonzero(lut[bb])
+            # a block at a time: the mask of 10⁷ samples is never built whole
+            sel = np.concatenate([np.flatnonzero(lut[bb[s0 : s0 + self.CHUNK]]) + s0 for s0 in range(0, bb.size, self.CHUNK)])
             sb = bb[sel]
             for b in np.unique(sb):
                 x = sel[sb == b]

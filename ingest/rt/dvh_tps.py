@@ -81,6 +81,7 @@ class TpsSamples:
     subsample: int
     n_planes: int
     warnings: list[str] = field(default_factory=list)
+    full_range: tuple[float, float] | None = None  # smallest and largest whole-slab dose, when known
 
     @property
     def volume_cc(self) -> float:
@@ -89,7 +90,8 @@ class TpsSamples:
     def dose_samples(self):
         from .dvh import DoseSamples
 
-        return DoseSamples(self.full_dose_gy, self.cell_cc, self.part_dose_gy, self.part_weight_cc)
+        return DoseSamples(self.full_dose_gy, self.cell_cc, self.part_dose_gy, self.part_weight_cc,
+                           full_range=self.full_range)
 
 
 def _empty(subsample: int, n_planes: int, warnings: list[str]) -> TpsSamples:
@@ -489,7 +491,13 @@ def tps_samples(
 
     plane_dose = _PlaneDose.make(dose, sg, lat, (pls.oi, pls.oj, *pls.ins.shape[1:])) if dose is not None else None
     both_cache: dict[int, np.ndarray] = {}
-    full_dose: list[np.ndarray] = []
+    # Whole-slab doses go straight into one buffer (a slice's whole slabs lie inside the plane at or
+    # below it, which bounds their number), with their range, while each slice's values are in the cache.
+    full_buf = None
+    if plane_dose is not None:
+        below = np.searchsorted(planes, np.arange(first, last + 1), side="right") - 1
+        full_buf = np.empty(int(np.count_nonzero(ins, axis=1)[below].sum()), np.float32)
+    full_lo, full_hi = np.inf, -np.inf
     full_pos: list[tuple[int, np.ndarray]] = []  # (slice, flat indices) when the dose needs 3-D interpolation
     n_full = 0
     part_flat: list[np.ndarray] = []
@@ -523,11 +531,12 @@ def tps_samples(
         if full is not None:
             nf = int(np.count_nonzero(full))
             if nf:  # whole slab: one sample at the slice itself
-                n_full += nf
-                if plane_dose is not None:
-                    full_dose.append(plane_dose.at(k).ravel()[full])
+                if full_buf is not None:
+                    v = np.compress(full, plane_dose.at(k).ravel(), out=full_buf[n_full : n_full + nf])
+                    full_lo, full_hi = min(full_lo, v.min()), max(full_hi, v.max())
                 else:
                     full_pos.append((k, pls.lat[np.flatnonzero(full)]))
+                n_full += nf
         for h, z0, z1, bmask in zip(halves, (k - 0.5, float(k)), (float(k), k + 0.5), bm):
             if h is None:
                 continue
@@ -557,19 +566,20 @@ def tps_samples(
     pd = np.zeros(0, np.float32)
     pw = (np.concatenate(part_w) * np.float32(cell)) if part_flat else np.zeros(0, np.float32)
     if dose is not None:
-        if full_dose:
-            fd = np.concatenate(full_dose).astype(np.float32, copy=False)
+        if full_buf is not None:
+            fd = full_buf[:n_full]
         elif full_pos:
             ii, jj = np.divmod(np.concatenate([f for _, f in full_pos]), nj)
             kz = np.concatenate([np.full(f.size, k, np.float32) for k, f in full_pos])
             fd = _trilinear(dose, sg, jj.astype(np.float64) + j0, ii.astype(np.float64) + i0, kz)
+            full_lo, full_hi = fd.min(), fd.max()
         if part_flat:
             ii, jj = np.divmod(np.concatenate(part_flat), nj)
             pd = _trilinear(dose, sg, jj.astype(np.float64) + j0, ii.astype(np.float64) + i0, np.concatenate(part_z))
     gmin = gmax = None
     if dose is not None and (fd.size or pd.size):
-        smin = float(min(x.min() for x in (fd, pd) if x.size))
-        smax = float(max(x.max() for x in (fd, pd) if x.size))
+        smin = float(min([full_lo] * bool(fd.size) + [pd.min()] * bool(pd.size)))
+        smax = float(max([full_hi] * bool(fd.size) + [pd.max()] * bool(pd.size)))
         gmin, gmax = _grid_extremes(dose, sg, lat, planes, nk, pls, cap_mm, smin, smax)
         # The contours themselves are the solid's surface on the planes: in a gradient the extremes
         # lie there (the TPS, sampling its own boundary, reports them).
@@ -580,7 +590,8 @@ def tps_samples(
             vmin, vmax = float(vd[inside_grid].min()), float(vd[inside_grid].max())
             gmin = vmin if gmin is None else min(gmin, vmin)
             gmax = vmax if gmax is None else max(gmax, vmax)
-    return TpsSamples(fd, n_full, cell, pd, pw, gmin, gmax, s, len(planes), warnings)
+    full_range = (full_lo, full_hi) if dose is not None and fd.size else None
+    return TpsSamples(fd, n_full, cell, pd, pw, gmin, gmax, s, len(planes), warnings, full_range)
 
 
 def _plane_insides(mask, planes: list[int], i0: int, j0: int) -> tuple[np.ndarray, tuple[int, int]]:
