@@ -13,7 +13,7 @@ solid as weighted point samples:
   with the even-odd rule per plane (holes work). With the exact z-integration below, the
   lattice hardly matters for larger organs (s = 1 and 2 agree with Eclipse alike, 0.1 %);
 * per contour plane the signed distance φ (> 0 inside) to the contour polygons themselves,
-  evaluated only where it is needed (see _Plane);
+  evaluated only where it is needed, for all planes of a structure at once (see _Planes);
 * between two planes a and b a point at fraction t is inside when (1 − t)·φa + t·φb > 0
   (shape-based interpolation). Because that is linear in t, the inside part of every
   half-slab is found exactly: each sub-pixel column contributes an interval of known length,
