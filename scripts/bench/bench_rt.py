@@ -5,15 +5,34 @@ Prints same-run ratios of rtlake against
   * rt-utils (`get_roi_mask_by_name` for every ROI), and
   * dicompyler-core 0.5.6 `dvhcalc.get_dvh` for every ROI,
 and the TPS-agreeing DVH method (the default) against the voxel method (goal ≤ 3×) and against
-dicompyler-core (goal ≥ 10× faster). Both wall time (best of two) and CPU time are printed: on
-a shared machine the CPU ratio is the steadier one.
-the last two in a throwaway venv with pydicom<3 (dicompyler-core 0.5.6 does not import with
-pydicom 3). That venv is made on demand with `--other-tools` (PyPI via pip) or taken from
-$RTLAKE_BENCH_VENV; otherwise those ratios are skipped with the reason printed.
+dicompyler-core (goal ≥ 10× faster). The two DVH methods run three times interleaved (best of
+each); wall and CPU time are printed, with the load average. rt-utils and dicompyler-core run in
+a throwaway venv with pydicom<3 (dicompyler-core 0.5.6 does not import with pydicom 3), made on
+demand with `--other-tools` (PyPI via pip) or taken from $RTLAKE_BENCH_VENV; otherwise those
+ratios are skipped with the reason printed.
 
     python scripts/bench/bench_rt.py [--rois 50] [--slices 150] [--size 512] [--other-tools] [--keep DIR]
 
 Masks are also checked voxel-for-voxel against plastimatch, so a fast-but-wrong result shows.
+
+Last figures (issue #16, 2-core shared machine, load average 0.1–1.0; docs/rt.md "Speed"): the
+TPS method took 1.22–1.55× the voxel method's time (before #16, same session: 1.97–2.29×) and
+was 10.2–18.1× faster than dicompyler-core, wall and CPU alike (15.0, 18.1, 10.2, 10.9, 11.9; before:
+10.4–14.5×). That last ratio swings with the host's speed between the 3 s TPS rounds and the
+35–48 s dicompyler-core run; against the median dicompyler-core/voxel ratio of all runs (21.5×)
+the TPS method is ≈ 15× faster (before ≈ 11×). Profile of the TPS rounds, before → after (wall s,
+back to back, load 0.4–0.7, on a slower spell of the host):
+
+    φ: k-d queries, trees, feature transforms   1.95 → 1.11  (1,607 trees, 3,602 queries → 50, 325)
+    rest of tps_samples (slab walk, set-up)     0.85 → 0.65
+    whole-slab dose planes                      0.38 → 0.22
+    binning the samples (DoseSamples)           0.29 → 0.10
+    trilinear dose, partial samples + vertices  0.25 → 0.27
+    dose-grid extremes                          0.21 → 0.16
+    DVH metrics                                 0.22 → 0.21
+    rasterise on the lattice                    0.16 → 0.14
+    RTSTRUCT, CT headers, RTDOSE                0.27 → 0.26
+    total                                       4.58 → 3.13   (peak RSS 542 → 326 MB)
 """
 
 from __future__ import annotations
@@ -287,7 +306,7 @@ def main() -> int:
     dc = run_other(py, "dicompyler", ctdir, rs, rd)
     if "seconds" in dc:
         bad = [k for k, v in dc["dvh"].items() if isinstance(v, str)]
-        print(f"dicompyler-core 0.5.6, {len(dc['dvh'])} ROIs: {dc['seconds']:.2f} s ({len(bad)} failed)")
+        print(f"dicompyler-core 0.5.6, {len(dc['dvh'])} ROIs: {dc['seconds']:.2f} s (CPU {dc['cpu']:.2f} s; {len(bad)} failed)")
         print(f"RATIO dicompyler-core/rtlake voxel method (DVH): {dc['seconds'] / t_dvh:.1f}× faster wall, "
               f"{dc['cpu'] / c_dvh:.1f}× CPU  (goal ≥ 10×)")
         print(f"RATIO dicompyler-core/rtlake TPS method (DVH): {dc['seconds'] / t_tps:.1f}× faster wall, "
