@@ -113,7 +113,10 @@ class DoseSamples:
     """
 
     def __init__(self, full: np.ndarray, cell_cc: float, part: np.ndarray | None = None,
-                 part_weight_cc: np.ndarray | None = None, bin_width_gy: float = 0.1) -> None:
+                 part_weight_cc: np.ndarray | None = None, bin_width_gy: float = 0.1,
+                 full_range: tuple[float, float] | None = None) -> None:
+        """`full_range`: the smallest and largest of `full`, when the caller already has them (saves
+        two passes over 10⁷ samples)."""
         self.df = np.ascontiguousarray(full, dtype=np.float32).ravel()
         self.cell = float(cell_cc)
         self.dp = np.ascontiguousarray(part if part is not None else np.zeros(0), dtype=np.float32).ravel()
@@ -124,26 +127,43 @@ class DoseSamples:
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if not self.size:
             return
-        groups = [g for g in (self.df, self.dp) if g.size]
-        self.lo = float(min(g.min() for g in groups))
-        self.hi = float(max(g.max() for g in groups))
+        lo = [self.dp.min()] if self.dp.size else []
+        hi = [self.dp.max()] if self.dp.size else []
+        if self.df.size:
+            f_lo, f_hi = full_range if full_range is not None else (self.df.min(), self.df.max())
+            lo.append(f_lo)
+            hi.append(f_hi)
+        self.lo = float(min(lo))
+        self.hi = float(max(hi))
         n_curve = int(math.floor(max(self.hi, 0.0) / bin_width_gy)) + 1
         self.sub = max(1, min(64, 4096 // n_curve))  # fine bins per curve bin
         self.n_bins = n_curve * self.sub
         inv = np.float32(self.sub / bin_width_gy)
-        self.bf = self._bins(self.df, inv)
-        self.bp = self._bins(self.dp, inv)
-        hist = np.bincount(self.bf, minlength=self.n_bins) * self.cell
+        self.bf, counts = self._bins(self.df, inv, count=True)
+        self.bp, _ = self._bins(self.dp, inv)
+        hist = counts * self.cell
         if self.dp.size:
             hist = hist + np.bincount(self.bp, weights=self.wp, minlength=self.n_bins)
         self.hist = hist
         self.above = np.append(np.cumsum(hist[::-1])[::-1], 0.0)  # volume in bins ≥ index
 
-    def _bins(self, d: np.ndarray, inv: np.float32) -> np.ndarray:
-        dtype = np.uint16 if self.n_bins <= 65535 else np.int32
-        t = d * inv
-        np.clip(t, 0, self.n_bins - 1, out=t)
-        return t.astype(dtype)
+    #: samples binned per pass: small enough for the cache, so binning and counting 10⁷ samples
+    #: do not stream whole-size temporaries through memory (np.bincount of uint16 widens to int64)
+    CHUNK = 1 << 16
+
+    def _bins(self, d: np.ndarray, inv: np.float32, count: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fine bin of every sample and, with `count`, the number of samples per bin."""
+        out = np.empty(d.size, np.uint16 if self.n_bins <= 65535 else np.int32)
+        counts = np.zeros(self.n_bins, np.int64) if count else None
+        t = np.empty(min(d.size, self.CHUNK), np.float32)
+        for s0 in range(0, d.size, self.CHUNK):
+            tt, b = t[: min(d.size - s0, self.CHUNK)], out[s0 : s0 + self.CHUNK]
+            np.multiply(d[s0 : s0 + self.CHUNK], inv, out=tt)
+            np.clip(tt, 0, self.n_bins - 1, out=tt)
+            np.copyto(b, tt, casting="unsafe")  # truncation, as astype
+            if count:
+                counts += np.bincount(b, minlength=self.n_bins)
+        return out, counts
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower bin edges, differential volume per curve bin)."""
@@ -171,7 +191,8 @@ class DoseSamples:
         for d, bb, w in ((self.df, self.bf, None), (self.dp, self.bp, self.wp)):
             if not d.size:
                 continue
-            sel = np.flatnonzero(lut[bb])
+            # a block at a time: the mask of 10⁷ samples is never built whole
+            sel = np.concatenate([np.flatnonzero(lut[bb[s0 : s0 + self.CHUNK]]) + s0 for s0 in range(0, bb.size, self.CHUNK)])
             sb = bb[sel]
             for b in np.unique(sb):
                 x = sel[sb == b]

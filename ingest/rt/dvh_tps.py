@@ -13,7 +13,7 @@ solid as weighted point samples:
   with the even-odd rule per plane (holes work). With the exact z-integration below, the
   lattice hardly matters for larger organs (s = 1 and 2 agree with Eclipse alike, 0.1 %);
 * per contour plane the signed distance φ (> 0 inside) to the contour polygons themselves,
-  evaluated only where it is needed (see _Plane);
+  evaluated only where it is needed, for all planes of a structure at once (see _Planes);
 * between two planes a and b a point at fraction t is inside when (1 − t)·φa + t·φb > 0
   (shape-based interpolation). Because that is linear in t, the inside part of every
   half-slab is found exactly: each sub-pixel column contributes an interval of known length,
@@ -81,6 +81,7 @@ class TpsSamples:
     subsample: int
     n_planes: int
     warnings: list[str] = field(default_factory=list)
+    full_range: tuple[float, float] | None = None  # smallest and largest whole-slab dose, when known
 
     @property
     def volume_cc(self) -> float:
@@ -89,7 +90,8 @@ class TpsSamples:
     def dose_samples(self):
         from .dvh import DoseSamples
 
-        return DoseSamples(self.full_dose_gy, self.cell_cc, self.part_dose_gy, self.part_weight_cc)
+        return DoseSamples(self.full_dose_gy, self.cell_cc, self.part_dose_gy, self.part_weight_cc,
+                           full_range=self.full_range)
 
 
 def _empty(subsample: int, n_planes: int, warnings: list[str]) -> TpsSamples:
@@ -125,16 +127,23 @@ def choose_subsample(roi: Roi, grid: Grid, opts: TpsOptions, volume_hint_cc: flo
     return opts.subsample_fine if v < opts.fine_below_cc else opts.subsample_coarse
 
 
-class _Plane:
-    """One contour plane on the lattice: which samples are inside, and φ on demand.
+class _Planes:
+    """All contour planes of one structure on its lattice: which samples are inside, and φ on demand.
 
-    φ (mm) is the signed distance to the plane's contours: positive inside (even-odd, as
-    for the masks), negative outside. It is measured to the polygons themselves, densely
-    resampled, not to the nearest lattice sample of the other side: a distance transform of
-    the sample sets underestimates the distance to a curved outline by about a third of a
-    sub-pixel, which shrinks every end cap by ~2 %. It is only evaluated where it is needed
-    (samples whose side differs from a neighbouring plane's, and end-cap samples), through a
-    k-d tree, and kept for later requests.
+    φ (mm) is the signed distance to a plane's contours: positive inside (even-odd, as for the
+    masks), negative outside. It is measured to the polygons themselves, densely resampled, not
+    to the nearest lattice sample of the other side: a distance transform of the sample sets
+    underestimates the distance to a curved outline by about a third of a sub-pixel, which
+    shrinks every end cap by ~2 %. It is only evaluated where it is needed (samples whose side
+    differs from a neighbouring plane's, and end-cap samples), through a k-d tree.
+
+    Why all planes at once: a structure has tens of planes with a few hundred such samples each,
+    so one plane at a time the cost was that of thousands of small numpy calls, not of the
+    arithmetic. The planes share one k-d tree, whose points carry their plane as a third
+    coordinate spaced further apart than any two points of the lattice, so a query only finds
+    points of its own plane; each plane still follows its own rules (which samples it is asked
+    for and in which order, when a feature transform takes over, which values are kept for the
+    next request), so the values are those of planes handled one by one.
     """
 
     #: polygon resampling step for the k-d tree, in lattice units; distances are then taken to
@@ -145,31 +154,33 @@ class _Plane:
     #: once this share of a plane's samples has needed φ, one feature transform serves the rest
     FEATURE_SHARE = 0.2
 
-    def __init__(self, inside: np.ndarray, contours: list[np.ndarray], spacing: tuple[float, float]):
-        self.inside = inside
-        self.flat = inside.ravel()
-        self.contours = contours  # (N, 2) lattice (col, row) coordinates
+    def __init__(self, ins: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
+                 xy: np.ndarray, lens: np.ndarray, per_plane: np.ndarray, spacing: tuple[float, float]):
+        self.ins = ins  # bool [plane, i, j] on the structure's mask box
+        self.n = ins.shape[0]
+        self.oi, self.oj = offset  # the box's place on the lattice
+        self.ni, self.nj = shape  # the lattice
+        self.size = self.ni * self.nj
         self.spacing = spacing  # (row, column) mm
-        self.nj = inside.shape[1]
+        bi, bj = ins.shape[1:]
+        #: lattice flat index of every box sample (row-major, so ascending)
+        self.lat = ((np.arange(bi) + self.oi)[:, np.newaxis] * self.nj + (np.arange(bj) + self.oj)).ravel()
+        # contour points, lattice (col, row), plane by plane; points per contour; contours per plane
+        self.xy, self.lens, self.per_plane = xy, lens, per_plane
         self._tree = None
-        self._field: np.ndarray | None = None
-        self._feat: np.ndarray | None = None
-        self._asked = 0
+        # per-plane request state (see phi)
+        self._ck = np.zeros(0, np.int64)  # kept φ: key plane · size + lattice flat, ascending
+        self._cv = np.zeros(0, np.float32)
+        self._asked = np.zeros(self.n, np.int64)
+        self._feat_on = np.zeros(self.n, bool)
+        self._feat: dict[int, np.ndarray] = {}
 
-    @classmethod
-    def build(cls, inside: np.ndarray, contours: list[np.ndarray], spacing: tuple[float, float]) -> "_Plane":
-        # A sliver enclosing no sample centre needs nothing special: φ is negative everywhere
-        # but small near it, so the interpolation from its neighbour still tapers onto it.
-        return cls(inside, contours, spacing)
-
-    def _index(self):
-        """k-d tree of points along every contour (mm, (row, col)); each knows its segment."""
+    # ------------------------------------------------------------------ outline
+    def _index(self) -> None:
+        """k-d tree of points along every contour (mm, (row, col, plane)); each knows its segment."""
         from scipy.spatial import cKDTree
 
-        if not self.contours:
-            return False
-        lens = np.array([len(xy) for xy in self.contours])
-        xy = np.concatenate(self.contours)
+        per_plane, lens, xy = self.per_plane, self.lens, self.xy
         a = np.column_stack([xy[:, 1] * self.spacing[0], xy[:, 0] * self.spacing[1]])
         starts = np.cumsum(lens) - lens
         nxt = np.arange(1, len(a) + 1)
@@ -180,49 +191,32 @@ class _Plane:
         self._ab = self._b - self._a
         self._inv_len2 = 1.0 / np.maximum(np.einsum("ij,ij->i", self._ab, self._ab), 1e-12)
         self._next, self._prev = nxt, prv
-        d = self._b - self._a
+        seg_plane = np.repeat(np.repeat(np.arange(self.n), per_plane), lens)
+        self._seg_range = np.searchsorted(seg_plane, np.arange(self.n + 1))
+        d = self._ab
         n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / (self.RESAMPLE * min(self.spacing))).astype(np.int64), 1)
         first = np.cumsum(n) - n
         t = (np.arange(int(n.sum())) - np.repeat(first, n) + 0.5) / np.repeat(n, n)
         self._seg = np.repeat(np.arange(len(n)), n)
-        pts = self._a[self._seg] + d[self._seg] * t[:, np.newaxis]
-        self._pts = pts
-        return cKDTree(pts, balanced_tree=False, compact_nodes=False)
+        self._pts = self._a[self._seg] + d[self._seg] * t[:, np.newaxis]
+        self._pt_range = np.searchsorted(seg_plane[self._seg], np.arange(self.n + 1))
+        # planes further apart than any two points of the lattice: a query never leaves its plane
+        self._sep = 2.0 * math.hypot((self.ni + 2) * self.spacing[0], (self.nj + 2) * self.spacing[1]) + 1.0
+        pts3 = np.column_stack([self._pts, seg_plane[self._seg] * self._sep])
+        self._tree = cKDTree(pts3, balanced_tree=False, compact_nodes=False)
 
-    def _features(self) -> np.ndarray:
-        """For every lattice sample, an outline point in the nearest sample that the outline crosses.
-
-        One Euclidean feature transform of the plane: cheaper than k-d queries once many of the
-        plane's samples need φ (small structures whose contours change from plane to plane).
-        """
-        from scipy import ndimage
-
-        ni = self.inside.shape[0]
-        ci = np.clip(np.rint(self._pts[:, 0] / self.spacing[0]).astype(np.int64), 0, ni - 1)
-        cj = np.clip(np.rint(self._pts[:, 1] / self.spacing[1]).astype(np.int64), 0, self.nj - 1)
-        pt_of_cell = np.full(self.flat.size, -1, np.int64)
-        pt_of_cell[ci * self.nj + cj] = np.arange(len(self._pts))
-        idx = ndimage.distance_transform_edt((pt_of_cell < 0).reshape(self.inside.shape), sampling=self.spacing,
-                                             return_distances=False, return_indices=True)
-        return pt_of_cell[(idx[0] * self.nj + idx[1]).ravel()]
-
-    def _distance_features(self, need: np.ndarray, q: np.ndarray) -> np.ndarray:
-        seg = self._seg[self._feat[need]]
-        d = None
-        for m in (seg, self._prev[seg], self._next[seg]):  # the nearest outline point lies on one of them
-            dm = self._to_segment(q, m)[0]
-            d = dm if d is None else np.minimum(d, dm)
-        return d
+    def _query_points(self, plane: np.ndarray, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
+        return np.column_stack([ri * self.spacing[0], rj * self.spacing[1], plane * self._sep])
 
     def _distance(self, q: np.ndarray, bound: float) -> np.ndarray:
-        """Exact distance (mm) from points to the contours: to the segment of the nearest tree point,
-        or, where that point's projection falls off the segment's end, to the neighbour there."""
+        """Exact distance (mm) from points to their plane's contours: to the segment of the nearest tree
+        point, or, where that point's projection falls off the segment's end, to the neighbour there."""
         _, idx = self._tree.query(q, k=1, distance_upper_bound=bound)
         out = np.full(len(q), np.inf)
         ok = np.flatnonzero(idx < self._seg.size)
         if not ok.size:
             return out
-        qq = q[ok]
+        qq = q[ok, :2]
         seg = self._seg[idx[ok]]
         d, t = self._to_segment(qq, seg)
         off = np.flatnonzero((t <= 0.0) | (t >= 1.0))
@@ -242,84 +236,129 @@ class _Plane:
         r = aq - ab * tc[:, np.newaxis]
         return np.sqrt(np.einsum("ij,ij->i", r, r)), t
 
-    def release(self) -> "_Plane":
-        """Drop the per-sample arrays (φ cache, feature transform) but keep the k-d tree."""
-        self._field = None
-        self._feat = None
-        return self
+    def _features(self, p: int) -> np.ndarray:
+        """For every lattice sample of plane p, an outline point in the nearest sample that the outline crosses.
 
-    def grown(self) -> np.ndarray:
-        """The inside samples and their 8 neighbours (flat): a superset of where φ > 0."""
-        if getattr(self, "_grown", None) is None:
-            m = self.inside.copy()
-            m[1:, :] |= self.inside[:-1, :]
-            m[:-1, :] |= self.inside[1:, :]
-            g = m.copy()
-            g[:, 1:] |= m[:, :-1]
-            g[:, :-1] |= m[:, 1:]
-            self._grown = g.ravel()
-        return self._grown
+        One Euclidean feature transform of the plane: cheaper than k-d queries once many of the
+        plane's samples need φ (small structures whose contours change from plane to plane).
+        """
+        from scipy import ndimage
 
-    def signed(self, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
-        """φ at arbitrary (continuous) lattice positions: exact distance, even-odd sign."""
+        s0, s1 = self._pt_range[p], self._pt_range[p + 1]
+        pts = self._pts[s0:s1]
+        ci = np.clip(np.rint(pts[:, 0] / self.spacing[0]).astype(np.int64), 0, self.ni - 1)
+        cj = np.clip(np.rint(pts[:, 1] / self.spacing[1]).astype(np.int64), 0, self.nj - 1)
+        pt_of_cell = np.full(self.size, -1, np.int64)
+        pt_of_cell[ci * self.nj + cj] = np.arange(len(pts))
+        idx = ndimage.distance_transform_edt((pt_of_cell < 0).reshape(self.ni, self.nj), sampling=self.spacing,
+                                             return_distances=False, return_indices=True)
+        return (pt_of_cell[(idx[0] * self.nj + idx[1]).ravel()] + s0).astype(np.int32)
+
+    def _distance_features(self, feat: np.ndarray, flat: np.ndarray, q: np.ndarray) -> np.ndarray:
+        seg = self._seg[feat[flat]]
+        d = None
+        for m in (seg, self._prev[seg], self._next[seg]):  # the nearest outline point lies on one of them
+            dm = self._to_segment(q, m)[0]
+            d = dm if d is None else np.minimum(d, dm)
+        return d
+
+    # ------------------------------------------------------------------ φ on the lattice
+    def phi(self, plane: np.ndarray, flat: np.ndarray, inside: np.ndarray, bound: float = np.inf) -> np.ndarray:
+        """φ at lattice samples (`flat`) of planes `plane`, ordered by (plane, flat) without repeats;
+        `inside` says which are inside their plane. |φ| beyond `bound` may come back as ±inf.
+
+        Each plane keeps what it was asked before (so a sample asked again by the next plane pair
+        costs nothing), and uses a feature transform once more than FEATURE_SHARE of its samples
+        has needed φ: the calls must come in the order the planes would have been asked one by one.
+        """
         if self._tree is None:
-            self._tree = self._index()
-        if self._tree is False:
-            return np.full(ri.size, -np.inf)
-        q = np.column_stack([ri * self.spacing[0], rj * self.spacing[1]])
+            self._index()
+        keys = plane * self.size + flat
+        vals = np.full(keys.size, np.nan, np.float32)
+        if self._ck.size and keys.size:
+            pos = np.minimum(np.searchsorted(self._ck, keys), self._ck.size - 1)
+            hit = self._ck[pos] == keys
+            vals[hit] = self._cv[pos[hit]]
+        todo = np.flatnonzero(np.isnan(vals))
+        if todo.size:
+            tp, tf, ti = plane[todo], flat[todo], inside[todo]
+            cnt = np.bincount(tp, minlength=self.n)
+            go = (self._feat_on | (self._asked + cnt > self.FEATURE_SHARE * self.size)) & (cnt > 0)
+            self._feat_on |= go
+            self._asked += np.where(self._feat_on, 0, cnt)
+            ii, jj = np.divmod(tf, self.nj)
+            q = self._query_points(tp, ii, jj)
+            use_f = self._feat_on[tp]
+            d = np.empty(todo.size)
+            kd = np.flatnonzero(~use_f)
+            if kd.size:
+                near = self.NEAR * min(self.spacing)
+                qk = q[kd]
+                dk = self._distance(qk, min(bound, near) if np.isfinite(bound) else near)
+                far = ~np.isfinite(dk)
+                if far.any() and not (np.isfinite(bound) and bound <= near):
+                    dk[far] = self._distance(qk[far], bound if np.isfinite(bound) else np.inf)
+                d[kd] = dk
+            if use_f.any():
+                fp = np.flatnonzero(use_f)
+                bounds = np.searchsorted(tp[fp], np.arange(self.n + 1))
+                for p in np.flatnonzero(np.diff(bounds)):
+                    sel = fp[bounds[p] : bounds[p + 1]]
+                    if p not in self._feat:
+                        self._feat[p] = self._features(p)
+                    d[sel] = self._distance_features(self._feat[p], tf[sel], q[sel, :2])
+            res = np.where(ti, d, -d)
+            keep = np.isfinite(res)  # values cut at the bound are not the true φ: do not keep them
+            v = res.astype(np.float32)
+            if keep.any():
+                ck = np.concatenate([self._ck, keys[todo[keep]]])
+                order = np.argsort(ck, kind="stable")
+                self._ck, self._cv = ck[order], np.concatenate([self._cv, v[keep]])[order]
+            v[~keep] = np.where(ti[~keep], np.inf, -np.inf)
+            vals[todo] = v
+        return vals.astype(np.float64)
+
+    def forget(self, planes) -> None:
+        """Drop the feature transforms of planes that will not be asked again."""
+        for p in planes:
+            self._feat.pop(int(p), None)
+
+    # ------------------------------------------------------------------ arbitrary positions
+    def grown(self, plane: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """Whether lattice samples (`cell`, flat) are inside their plane or next to an inside sample
+        (8-neighbourhood): a superset of where φ > 0."""
+        ci, cj = np.divmod(cell, self.nj)
+        ci, cj = ci - self.oi, cj - self.oj
+        bi, bj = self.ins.shape[1:]
+        out = np.zeros(cell.size, bool)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = ci + di, cj + dj
+                ok = np.flatnonzero((ii >= 0) & (ii < bi) & (jj >= 0) & (jj < bj))
+                out[ok] |= self.ins[plane[ok], ii[ok], jj[ok]]
+        return out
+
+    def signed(self, plane: np.ndarray, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
+        """φ of planes `plane` at arbitrary (continuous) lattice positions: exact distance, even-odd sign."""
+        if self._tree is None:
+            self._index()
+        q = self._query_points(plane, ri, rj)
         d = self._distance(q, np.inf)
         crossings = np.zeros(ri.size, np.int64)
-        a, b = self._a, self._b
-        for s0 in range(0, ri.size, 2048):  # even-odd: crossings of a ray towards +column
-            y, x = q[s0 : s0 + 2048, 0:1], q[s0 : s0 + 2048, 1:2]
-            straddle = (a[:, 0] > y) != (b[:, 0] > y)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                xc = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
-            crossings[s0 : s0 + 2048] = np.count_nonzero(straddle & (xc > x), axis=1)
+        order = np.argsort(plane, kind="stable")
+        bounds = np.searchsorted(plane[order], np.arange(self.n + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            at = order[bounds[p] : bounds[p + 1]]
+            s0, s1 = self._seg_range[p], self._seg_range[p + 1]
+            a, b = self._a[s0:s1], self._b[s0:s1]
+            for c0 in range(0, at.size, 2048):  # even-odd: crossings of a ray towards +column
+                sel = at[c0 : c0 + 2048]
+                y, x = q[sel, 0:1], q[sel, 1:2]
+                straddle = (a[:, 0] > y) != (b[:, 0] > y)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    xc = a[:, 1] + (y - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+                crossings[sel] = np.count_nonzero(straddle & (xc > x), axis=1)
         return np.where(crossings % 2 == 1, d, -d)
-
-    def phi(self, flat_idx: np.ndarray, bound: float = np.inf) -> np.ndarray:
-        """φ at lattice samples (flat indices); |φ| beyond `bound` may come back as ±inf.
-
-        Values are kept, so a sample asked for again (by the next plane pair, or for a dose-grid
-        voxel) costs nothing.
-        """
-        if self._field is None:
-            self._field = np.full(self.flat.size, np.nan, np.float32)
-        f = self._field
-        vals = f[flat_idx]
-        todo = np.isnan(vals)
-        if todo.any():
-            need = flat_idx[todo]  # repeats are harmless (same answer twice)
-            if self._tree is None:
-                self._tree = self._index()
-            ins = self.flat[need]
-            if self._tree is False:
-                res = np.where(ins, np.inf, -np.inf)
-            elif self._feat is not None or self._asked + need.size > self.FEATURE_SHARE * self.flat.size:
-                if self._feat is None:
-                    self._feat = self._features()
-                ii, jj = np.divmod(need, self.nj)
-                q = np.column_stack([ii * self.spacing[0], jj * self.spacing[1]])
-                d = self._distance_features(need, q)
-                res = np.where(ins, d, -d)
-            else:
-                self._asked += need.size
-                ii, jj = np.divmod(need, self.nj)
-                q = np.column_stack([ii * self.spacing[0], jj * self.spacing[1]])
-                near = self.NEAR * min(self.spacing)
-                d = self._distance(q, min(bound, near) if np.isfinite(bound) else near)
-                far = ~np.isfinite(d)
-                if far.any() and not (np.isfinite(bound) and bound <= near):
-                    d[far] = self._distance(q[far], bound if np.isfinite(bound) else np.inf)
-                res = np.where(ins, d, -d)
-            keep = np.isfinite(res)  # values cut at the bound are not the true φ: do not keep them
-            f[need[keep]] = res[keep]
-            vals = f[flat_idx]
-            miss = np.isnan(vals)
-            if miss.any():
-                vals[miss] = np.where(self.flat[flat_idx[miss]], np.inf, -np.inf)
-        return vals.astype(np.float64)
 
 
 @dataclass
@@ -337,26 +376,35 @@ class _Lattice:
         return (self.grid.spacing[1], self.grid.spacing[0])  # (row, column) mm
 
 
-def _plane_of_contours(roi: Roi, grid: Grid) -> tuple[list[int], dict[int, list[np.ndarray]], int]:
+@dataclass
+class _Contours:
+    """A structure's kept closed contours as continuous CT indices (j, i, k), grouped by CT slice."""
+
+    planes: list[int]  # the slices that have contours, ascending
+    points: np.ndarray  # (N, 3), plane by plane, each plane's contours in their file order
+    lens: np.ndarray  # points per contour, in that order
+    per_plane: np.ndarray  # contours per plane
+    dropped: int  # contours beyond the first/last CT slice
+
+
+def _plane_of_contours(roi: Roi, grid: Grid) -> _Contours:
     """Continuous CT indices (j, i, k) of each closed contour, grouped by its CT slice (nearest, as
     for the masks); contours beyond the image are dropped and counted."""
     closed = roi.closed
     nk = grid.shape[0]
     if not closed:
-        return [], {}, 0
+        return _Contours([], np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     lens = np.array([len(c.points) for c in closed])
     starts = np.cumsum(lens) - lens
     idx = grid.to_index(np.concatenate([c.points for c in closed]))  # one transform for the structure
     mean_k = np.add.reduceat(idx[:, 2], starts) / lens
-    by_k: dict[int, list[np.ndarray]] = {}
-    dropped = 0
-    for n, s in enumerate(mean_k):
-        if s < -0.5 - 1e-6 or s > nk - 0.5 + 1e-6:
-            dropped += 1
-            continue
-        k = int(np.clip(np.rint(s), 0, nk - 1))
-        by_k.setdefault(k, []).append(idx[starts[n] : starts[n] + lens[n]])
-    return sorted(by_k), by_k, dropped
+    keep = (mean_k >= -0.5 - 1e-6) & (mean_k <= nk - 0.5 + 1e-6)
+    k = np.clip(np.rint(mean_k), 0, nk - 1).astype(np.int64)
+    order = np.flatnonzero(keep)[np.argsort(k[keep], kind="stable")]  # by slice, file order within
+    planes, per_plane = np.unique(k[order], return_counts=True)
+    ln = lens[order]
+    pts = idx[np.arange(int(ln.sum())) + np.repeat(starts[order] - (np.cumsum(ln) - ln), ln)]
+    return _Contours(planes.tolist(), pts, lens[order], per_plane, int(np.count_nonzero(~keep)))
 
 
 def tps_samples(
@@ -372,7 +420,8 @@ def tps_samples(
     geometry: an unusable structure comes back without samples and with a warning.
     """
     warnings: list[str] = []
-    planes, by_k, dropped = _plane_of_contours(roi, grid)
+    cs = _plane_of_contours(roi, grid)
+    planes, dropped = cs.planes, cs.dropped
     if not planes:
         warnings.append("no closed contour on the CT's slices")
         return _empty(1, 0, warnings)
@@ -385,8 +434,7 @@ def tps_samples(
     # Lattice: bounding box of every kept contour on the sub-pixel grid, plus a margin.
     # sub-pixel lattice index = CT index · s + (s − 1)/2 in-plane (grid.supersampled); slices unchanged
     half = (s - 1) / 2.0
-    pts_idx = {k: [np.column_stack([q[:, 0] * s + half, q[:, 1] * s + half, q[:, 2]]) for q in by_k[k]] for k in planes}
-    allp = np.concatenate([q for k in planes for q in pts_idx[k]])
+    allp = np.column_stack([cs.points[:, 0] * s + half, cs.points[:, 1] * s + half, cs.points[:, 2]])
     m = opts.margin_px * s
     i0 = int(math.floor(allp[:, 1].min())) - m
     j0 = int(math.floor(allp[:, 0].min())) - m
@@ -402,33 +450,54 @@ def tps_samples(
     if dropped:
         warnings.append(f"{dropped} contour(s) beyond the first/last CT slice ignored")
 
-    def plane_mask(k: int) -> np.ndarray:
-        out = np.zeros((ni, nj), dtype=bool)
-        if mask.box.size and mask.offset[0] <= k < mask.offset[0] + mask.box.shape[0]:
-            b = mask.box[k - mask.offset[0]]
-            oi, oj = mask.offset[1] - i0, mask.offset[2] - j0
-            out[oi : oi + b.shape[0], oj : oj + b.shape[1]] = b
-        return out
-
-    cache: dict[int, _Plane] = {}
-    done: dict[int, _Plane] = {}  # planes left behind, without their φ cache (kept for the extremes)
-
-    def plane(k: int) -> _Plane:
-        """Contour plane k, built once (planes are visited in ascending order)."""
-        if k in done:
-            return done[k]
-        if k not in cache:
-            for old in sorted(cache)[:-1]:
-                done[old] = cache.pop(old).release()
-            cache[k] = _Plane.build(plane_mask(k), [q[:, :2] - [j0, i0] for q in pts_idx[k]], lat.spacing)
-        return cache[k]
-
-    plane_dose = _PlaneDose.make(dose, sg, lat) if dose is not None else None
+    P = len(planes)
+    pls = _Planes(*_plane_insides(mask, planes, i0, j0), (ni, nj),
+                  allp[:, :2] - [j0, i0], cs.lens, cs.per_plane, lat.spacing)
+    ins = pls.ins.reshape(P, -1)  # [plane, box flat]
     first, last = planes[0], planes[-1]
     cap_mm = opts.cap_slope * dz  # φ per slice unit of cap height
-    pair_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    both_cache: dict[tuple, np.ndarray] = {}
-    full_dose: list[np.ndarray] = []
+    cap_lo, cap_hi = first > 0, last < nk - 1  # nothing is added beyond the image
+
+    # Samples whose side differs between two consecutive planes (pair p: planes p, p + 1), in
+    # (pair, box flat) order, and φ of both planes there; the end planes' φ for the caps. Planes
+    # are asked in the order the slab walk below meets them (pair p − 1, cap, pair p, cap), a few
+    # planes at a time so that feature transforms do not pile up.
+    xp, xb = _pair_changes(ins)
+    xl = pls.lat[xb]
+    pair_at = np.searchsorted(xp, np.arange(P))
+    fa = np.zeros(xp.size)
+    fb = np.zeros(xp.size)
+    cap_phi: dict[str, np.ndarray] = {}
+    cap_sel = {"lo": np.flatnonzero(ins[0]), "hi": np.flatnonzero(ins[P - 1])}
+    step = max(1, 4_000_000 // max(pls.size, 1))
+    for c0 in range(0, P, step):
+        c1 = min(P, c0 + step)
+        r = slice(pair_at[max(c0, 1) - 1], pair_at[c1 - 1])  # pairs whose second plane is in [c0, c1)
+        if r.stop > r.start:
+            fb[r] = pls.phi(xp[r] + 1, xl[r], ins[xp[r] + 1, xb[r]])
+        if c0 == 0 and cap_lo:
+            sel = cap_sel["lo"]
+            cap_phi["lo"] = pls.phi(np.zeros(sel.size, np.int64), pls.lat[sel], np.ones(sel.size, bool), 0.5 * cap_mm)
+        r = slice(pair_at[c0], pair_at[min(c1, P - 1)])  # pairs whose first plane is in [c0, c1)
+        if r.stop > r.start:
+            fa[r] = pls.phi(xp[r], xl[r], ins[xp[r], xb[r]])
+        if c1 == P and cap_hi:
+            sel = cap_sel["hi"]
+            cap_phi["hi"] = pls.phi(np.full(sel.size, P - 1), pls.lat[sel], np.ones(sel.size, bool), 0.5 * cap_mm)
+        pls.forget(range(c0, c1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstar = fa / (fa - fb)
+    a_in = ins[xp, xb] if xp.size else np.zeros(0, bool)
+
+    plane_dose = _PlaneDose.make(dose, sg, lat, (pls.oi, pls.oj, *pls.ins.shape[1:])) if dose is not None else None
+    both_cache: dict[int, np.ndarray] = {}
+    # Whole-slab doses go straight into one buffer (a slice's whole slabs lie inside the plane at or
+    # below it, which bounds their number), with their range, while each slice's values are in the cache.
+    full_buf = None
+    if plane_dose is not None:
+        below = np.searchsorted(planes, np.arange(first, last + 1), side="right") - 1
+        full_buf = np.empty(int(np.count_nonzero(ins, axis=1)[below].sum()), np.float32)
+    full_lo, full_hi = np.inf, -np.inf
     full_pos: list[tuple[int, np.ndarray]] = []  # (slice, flat indices) when the dose needs 3-D interpolation
     n_full = 0
     part_flat: list[np.ndarray] = []
@@ -442,64 +511,53 @@ def tps_samples(
             part_w.append(length[keep].astype(np.float32))
             part_z.append(mid[keep].astype(np.float32))
 
+    def both(p: int) -> np.ndarray:
+        """Box samples inside both planes of pair p (the last pair asked is kept)."""
+        if p not in both_cache:
+            both_cache.clear()
+            both_cache[p] = ins[p] & ins[p + 1]
+        return both_cache[p]
+
     for k in range(first, last + 1):
-        halves: list[tuple] = []  # per half: ("pair", a, b, z0, z1) or ("cap", z0, z1) or None
-        for half in ("lo", "hi"):
-            z0, z1 = (k - 0.5, float(k)) if half == "lo" else (float(k), k + 0.5)
-            if (half == "lo" and k == first) or (half == "hi" and k == last):
-                at_edge = (half == "lo" and k == 0) or (half == "hi" and k == nk - 1)
-                halves.append(None if at_edge else ("cap", z0, z1))  # nothing beyond the image
+        halves: list[tuple | None] = []  # per half: ("pair", p) or ("cap", end) or None
+        for h in ("lo", "hi"):
+            if (h == "lo" and k == first) or (h == "hi" and k == last):
+                halves.append(("cap", h) if (cap_lo if h == "lo" else cap_hi) else None)
             else:
-                n = bisect.bisect_left(planes, k) if half == "lo" else bisect.bisect_right(planes, k)
-                halves.append(("pair", planes[n - 1], planes[n], z0, z1))
-        both = []
-        for h in halves:
-            if h is not None and h[0] == "pair":
-                key = ("both", h[1], h[2])
-                if key not in both_cache:
-                    both_cache.clear()
-                    both_cache[key] = plane(h[1]).flat & plane(h[2]).flat
-                both.append(both_cache[key])
-            else:
-                both.append(None)
-        full = both[0] & both[1] if both[0] is not None and both[1] is not None else None
+                n = bisect.bisect_left(planes, k) if h == "lo" else bisect.bisect_right(planes, k)
+                halves.append(("pair", n - 1))
+        bm = [both(h[1]) if h is not None and h[0] == "pair" else None for h in halves]
+        full = bm[0] & bm[1] if bm[0] is not None and bm[1] is not None else None
         if full is not None:
-            fsel = np.flatnonzero(full)
-            if fsel.size:  # whole slab: one sample at the slice itself
-                n_full += fsel.size
-                if plane_dose is not None:
-                    full_dose.append(plane_dose.at(k).ravel()[fsel])
+            nf = int(np.count_nonzero(full))
+            if nf:  # whole slab: one sample at the slice itself
+                if full_buf is not None:
+                    v = np.compress(full, plane_dose.at(k).ravel(), out=full_buf[n_full : n_full + nf])
+                    full_lo, full_hi = min(full_lo, v.min()), max(full_hi, v.max())
                 else:
-                    full_pos.append((k, fsel))
-        for h, bmask in zip(halves, both):
+                    full_pos.append((k, pls.lat[np.flatnonzero(full)]))
+                n_full += nf
+        for h, z0, z1, bmask in zip(halves, (k - 0.5, float(k)), (float(k), k + 0.5), bm):
             if h is None:
                 continue
             if h[0] == "cap":
-                _, z0, z1 = h
-                pl = plane(k)
-                sel = np.flatnonzero(pl.flat)
-                L = np.minimum(pl.phi(sel, bound=0.5 * cap_mm) / cap_mm, 0.5)
+                sel = pls.lat[cap_sel[h[1]]]
+                L = np.minimum(cap_phi[h[1]] / cap_mm, 0.5)
                 emit(sel, L, (k - L / 2) if z0 < k else (k + L / 2))
                 continue
-            _, a, b, z0, z1 = h
-            pa_, pb_ = plane(a), plane(b)
-            if (a, b) not in pair_cache:
-                pair_cache.clear()
-                sel = np.flatnonzero(pa_.flat ^ pb_.flat)
-                fa, fb = pa_.phi(sel), pb_.phi(sel)
-                pair_cache[(a, b)] = (sel, fa / (fa - fb), pa_.flat[sel])
-            sel, tstar, a_in = pair_cache[(a, b)]
+            p = h[1]
+            a, b = planes[p], planes[p + 1]
             rest = np.flatnonzero(bmask & ~full) if full is not None else np.flatnonzero(bmask)
             if rest.size:
-                emit(rest, np.full(rest.size, z1 - z0), np.full(rest.size, 0.5 * (z0 + z1)))
-            if sel.size:
+                emit(pls.lat[rest], np.full(rest.size, z1 - z0), np.full(rest.size, 0.5 * (z0 + z1)))
+            r = slice(pair_at[p], pair_at[p + 1])
+            if r.stop > r.start:
                 span = float(b - a)
                 t0, t1 = (z0 - a) / span, (z1 - a) / span
-                lo_t = np.where(a_in, t0, np.maximum(t0, tstar))
-                hi_t = np.where(a_in, np.minimum(t1, tstar), t1)
-                emit(sel, np.maximum(hi_t - lo_t, 0.0) * span, a + 0.5 * (lo_t + hi_t) * span)
-    for k in list(cache):
-        done[k] = cache.pop(k).release()
+                ts, ai = tstar[r], a_in[r]
+                lo_t = np.where(ai, t0, np.maximum(t0, ts))
+                hi_t = np.where(ai, np.minimum(t1, ts), t1)
+                emit(xl[r], np.maximum(hi_t - lo_t, 0.0) * span, a + 0.5 * (lo_t + hi_t) * span)
     if not part_flat and not n_full:
         warnings.append("the interpolated solid contains no sample")
         return _empty(s, len(planes), warnings)
@@ -508,37 +566,68 @@ def tps_samples(
     pd = np.zeros(0, np.float32)
     pw = (np.concatenate(part_w) * np.float32(cell)) if part_flat else np.zeros(0, np.float32)
     if dose is not None:
-        if full_dose:
-            fd = np.concatenate(full_dose).astype(np.float32, copy=False)
+        if full_buf is not None:
+            fd = full_buf[:n_full]
         elif full_pos:
             ii, jj = np.divmod(np.concatenate([f for _, f in full_pos]), nj)
             kz = np.concatenate([np.full(f.size, k, np.float32) for k, f in full_pos])
             fd = _trilinear(dose, sg, jj.astype(np.float64) + j0, ii.astype(np.float64) + i0, kz)
+            full_lo, full_hi = fd.min(), fd.max()
         if part_flat:
             ii, jj = np.divmod(np.concatenate(part_flat), nj)
             pd = _trilinear(dose, sg, jj.astype(np.float64) + j0, ii.astype(np.float64) + i0, np.concatenate(part_z))
     gmin = gmax = None
     if dose is not None and (fd.size or pd.size):
-        smin = float(min(x.min() for x in (fd, pd) if x.size))
-        smax = float(max(x.max() for x in (fd, pd) if x.size))
-        builder = plane
-        gmin, gmax = _grid_extremes(dose, sg, lat, planes, nk, builder, cap_mm, smin, smax)
+        smin = float(min([full_lo] * bool(fd.size) + [pd.min()] * bool(pd.size)))
+        smax = float(max([full_hi] * bool(fd.size) + [pd.max()] * bool(pd.size)))
+        gmin, gmax = _grid_extremes(dose, sg, lat, planes, nk, pls, cap_mm, smin, smax)
         # The contours themselves are the solid's surface on the planes: in a gradient the extremes
         # lie there (the TPS, sampling its own boundary, reports them).
-        verts = np.concatenate([q for k in planes for q in pts_idx[k]])
+        verts = allp
         vd = _trilinear(dose, sg, verts[:, 0], verts[:, 1], verts[:, 2])
         inside_grid = _inside_dose_hull(dose, sg, verts)
         if inside_grid.any():
             vmin, vmax = float(vd[inside_grid].min()), float(vd[inside_grid].max())
             gmin = vmin if gmin is None else min(gmin, vmin)
             gmax = vmax if gmax is None else max(gmax, vmax)
-    return TpsSamples(fd, n_full, cell, pd, pw, gmin, gmax, s, len(planes), warnings)
+    full_range = (full_lo, full_hi) if dose is not None and fd.size else None
+    return TpsSamples(fd, n_full, cell, pd, pw, gmin, gmax, s, len(planes), warnings, full_range)
+
+
+def _plane_insides(mask, planes: list[int], i0: int, j0: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The mask's slice at every contour plane ([plane, i, j] on the mask's box; a view when the planes
+    are consecutive) and the box's offset on the lattice."""
+    if not mask.box.size:
+        return np.zeros((len(planes), 0, 0), bool), (0, 0)
+    k = np.asarray(planes) - mask.offset[0]
+    ok = (k >= 0) & (k < mask.box.shape[0])
+    if ok.all() and np.all(np.diff(k) == 1):
+        ins = mask.box[k[0] : k[-1] + 1]
+    else:
+        ins = mask.box[np.clip(k, 0, mask.box.shape[0] - 1)]
+        ins[~ok] = False
+    return ins, (mask.offset[1] - i0, mask.offset[2] - j0)
+
+
+def _pair_changes(ins: np.ndarray, chunk: int = 8_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """(pair, box flat) of the samples inside exactly one plane of two consecutive planes."""
+    n, size = ins.shape
+    if n < 2 or not size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    step = max(1, chunk // size)
+    ps, fs = [], []
+    for p0 in range(0, n - 1, step):
+        p1 = min(n - 1, p0 + step)
+        nz = np.flatnonzero(ins[p0:p1] ^ ins[p0 + 1 : p1 + 1])
+        ps.append(nz // size + p0)
+        fs.append(nz % size)
+    return np.concatenate(ps), np.concatenate(fs)
 
 
 def _inside_dose_hull(dose, sg: Grid, pts: np.ndarray) -> np.ndarray:
     """Lattice points (j, i, k) inside the hull of the dose-grid voxel centres (where the TPS has dose)."""
     A, b = _affine_to(sg, dose.grid)
-    c = A @ pts.T + b[:, np.newaxis]
+    c = _affine(A, b, pts.T)
     hi = np.array([dose.grid.shape[2], dose.grid.shape[1], dose.grid.shape[0]], float)[:, np.newaxis] - 1
     return np.all((c >= -1e-4) & (c <= hi + 1e-4), axis=0)
 
@@ -552,7 +641,16 @@ def _affine_to(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     return A, b
 
 
-def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chunk: int = 2_000_000) -> np.ndarray:
+def _affine(A: np.ndarray, b: np.ndarray, x: np.ndarray, block: int = 16384) -> np.ndarray:
+    """A @ x + b for (3, n) x, a block of columns at a time: for a 3 × 3 matrix BLAS threads cost more
+    CPU than they save (and spin after the product), and blocks this small stay on one thread."""
+    out = np.empty((3, x.shape[1]))
+    for s0 in range(0, x.shape[1], block):
+        out[:, s0 : s0 + block] = A @ x[:, s0 : s0 + block] + b[:, np.newaxis]
+    return out
+
+
+def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """Dose (Gy) at lattice points (j, i on the supersampled grid, kz in slice units); 0 outside the grid."""
     from scipy import ndimage
 
@@ -564,7 +662,7 @@ def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chu
     for s0 in range(0, j.size, chunk):
         s1 = min(j.size, s0 + chunk)
         src = np.vstack([j[s0:s1], i[s0:s1], kz[s0:s1]]).astype(np.float64)
-        c = A @ src + b[:, np.newaxis]  # (3, n): dose j, i, k
+        c = _affine(A, b, src)  # (3, n): dose j, i, k
         ok = np.all((c >= -eps) & (c <= shape[:, np.newaxis] - 1 + eps), axis=0)
         vals = ndimage.map_coordinates(arr, [c[2], c[1], c[0]], order=1, mode="nearest", prefilter=False)
         vals[~ok] = 0.0
@@ -573,23 +671,25 @@ def _trilinear(dose, sg: Grid, j: np.ndarray, i: np.ndarray, kz: np.ndarray, chu
 
 
 class _PlaneDose:
-    """Dose on the structure's lattice box at one CT slice, by separable linear interpolation.
+    """Dose on the structure's mask box at one CT slice, by separable linear interpolation.
 
     Most samples are whole slabs at a slice centre; interpolating the dose once per slice
     onto the box (three 1-D passes) is far cheaper than a 3-D interpolation per sample.
-    Only for dose grids that share the CT's axes (the usual TPS export).
+    Only for dose grids that share the CT's axes (the usual TPS export). The weights are
+    those of the lattice's rows and columns, cut to the box's.
     """
 
-    def __init__(self, dose, box: Grid) -> None:
+    def __init__(self, dose, lattice: Grid, box: tuple[int, int, int, int]) -> None:
         from .dose import _axis_weights
 
-        self.klo, self.kw, self.kin = _axis_weights(dose.grid, box, 2)
-        ilo, iw, iin = _axis_weights(dose.grid, box, 1)
-        jlo, jw, jin = _axis_weights(dose.grid, box, 0)
+        oi, oj, bi, bj = box
+        self.klo, self.kw, self.kin = _axis_weights(dose.grid, lattice, 2)
+        ilo, iw, iin = (x[oi : oi + bi] for x in _axis_weights(dose.grid, lattice, 1))
+        jlo, jw, jin = (x[oj : oj + bj] for x in _axis_weights(dose.grid, lattice, 0))
         n_k, n_i, n_j = dose.gy.shape
         # only the dose rows/columns the box touches are interpolated
-        i0, i1 = int(ilo.min()), min(int(ilo.max()) + 2, n_i)
-        j0, j1 = int(jlo.min()), min(int(jlo.max()) + 2, n_j)
+        i0, i1 = (int(ilo.min()), min(int(ilo.max()) + 2, n_i)) if bi else (0, 0)
+        j0, j1 = (int(jlo.min()), min(int(jlo.max()) + 2, n_j)) if bj else (0, 0)
         self.arr = dose.gy[:, i0:i1, j0:j1]
         self.ilo, self.jlo = ilo - i0, jlo - j0
         self.ihi = np.minimum(self.ilo + 1, i1 - i0 - 1)
@@ -598,28 +698,37 @@ class _PlaneDose:
         self.iw = iw[:, np.newaxis]
         self.jw = jw[np.newaxis, :]
         self.mask = (iin[:, np.newaxis] & jin[np.newaxis, :]).astype(np.float32)
-        self.shape = box.shape[1:]
+        self.shape = (bi, bj)
 
     @classmethod
-    def make(cls, dose, sg: Grid, lat: "_Lattice") -> "_PlaneDose | None":
+    def make(cls, dose, sg: Grid, lat: "_Lattice", box: tuple[int, int, int, int]) -> "_PlaneDose | None":
         if not np.allclose(dose.grid.direction, sg.direction, atol=1e-6):
             return None
         origin = sg.to_physical(np.array([[lat.j0, lat.i0, 0.0]]))[0]
-        box = Grid(origin=origin, row_dir=sg.row_dir, col_dir=sg.col_dir, spacing=sg.spacing,
-                   shape=(sg.shape[0], lat.ni, lat.nj))
-        return cls(dose, box)
+        grid = Grid(origin=origin, row_dir=sg.row_dir, col_dir=sg.col_dir, spacing=sg.spacing,
+                    shape=(sg.shape[0], lat.ni, lat.nj))
+        return cls(dose, grid, box)
 
     def at(self, k: int) -> np.ndarray:
-        if not self.kin[k]:
+        if not self.kin[k] or not self.mask.size:
             return np.zeros(self.shape, np.float32)
         a = self.arr
         plane = a[self.klo[k]] + (a[self.khi[k]] - a[self.klo[k]]) * self.kw[k]
-        rows = plane[self.ilo] + (plane[self.ihi] - plane[self.ilo]) * self.iw
-        out = rows[:, self.jlo] + (rows[:, self.jhi] - rows[:, self.jlo]) * self.jw
-        return out * self.mask
+        # lo + (hi − lo)·w, each gather taken once and the arithmetic in place (same values)
+        lo = plane[self.ilo]
+        rows = plane[self.ihi] - lo
+        rows *= self.iw
+        rows += lo
+        lo = np.take(rows, self.jlo, axis=1)
+        out = np.take(rows, self.jhi, axis=1)
+        out -= lo
+        out *= self.jw
+        out += lo
+        out *= self.mask
+        return out
 
 
-def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, builder, cap_mm: float,
+def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, pls: _Planes, cap_mm: float,
                    smin: float, smax: float) -> tuple[float | None, float | None]:
     """Smallest and largest dose-grid voxel value whose centre lies inside the solid.
 
@@ -632,44 +741,39 @@ def _grid_extremes(dose, sg: Grid, lat: _Lattice, planes: list[int], nk: int, bu
         return None, None
     ri, rj, kz, val = pts
     first, last = planes[0], planes[-1]
-    built: dict[int, _Plane] = {}
-
-    def pl(k: int) -> _Plane:
-        if k not in built:
-            built[k] = builder(k)
-        return built[k]
+    P = len(planes)
 
     inside = np.zeros(kz.size, bool)
     below, above = kz < first, kz > last
-    for sel, end, allowed in ((below, first, first > 0), (above, last, last < nk - 1)):
+    for sel, end, p, allowed in ((below, first, 0, first > 0), (above, last, P - 1, last < nk - 1)):
         idx = np.flatnonzero(sel)
         if idx.size and allowed:  # a cap, unless the end plane is the first/last CT slice
             cell = (np.clip(np.rint(ri[idx]).astype(np.int64), 0, lat.ni - 1) * lat.nj
                     + np.clip(np.rint(rj[idx]).astype(np.int64), 0, lat.nj - 1))
-            idx = idx[pl(end).grown()[cell]]
-            inside[idx] = pl(end).signed(ri[idx], rj[idx]) > cap_mm * np.abs(kz[idx] - end)
+            on_end = np.full(idx.size, p)
+            keep = pls.grown(on_end, cell)
+            idx, on_end = idx[keep], on_end[keep]
+            inside[idx] = pls.signed(on_end, ri[idx], rj[idx]) > cap_mm * np.abs(kz[idx] - end)
     mid = np.flatnonzero(~below & ~above)
     g = np.searchsorted(planes, kz[mid], side="right") - 1  # plane at or below
     # A voxel whose nearest sample is more than a sample away from both planes' insides is outside.
-    near = np.zeros(mid.size, bool)
     cell = np.clip(np.rint(ri[mid]).astype(np.int64), 0, lat.ni - 1) * lat.nj + np.clip(np.rint(rj[mid]).astype(np.int64), 0, lat.nj - 1)
-    for m in np.unique(g):
-        sel = np.flatnonzero(g == m)
-        grown = pl(planes[m]).grown() | (pl(planes[m + 1]).grown() if m + 1 < len(planes) else False)
-        near[sel] = grown[cell[sel]]
+    near = pls.grown(g, cell)
+    up = np.flatnonzero(g + 1 < P)
+    near[up] |= pls.grown(g[up] + 1, cell[up])
     mid, g = mid[near], g[near]
-    for m in np.unique(g):
-        idx = mid[g == m]
-        a = planes[m]
-        on = kz[idx] == a
-        phi_a = pl(a).signed(ri[idx], rj[idx])
+    if mid.size:
+        pk = np.asarray(planes)
+        a = pk[g]
+        on = kz[mid] == a
+        phi_a = pls.signed(g, ri[mid], rj[mid])
         ok = on & (phi_a > 0)
-        if m + 1 < len(planes) and not on.all():
-            b = planes[m + 1]
-            x = ~on
-            t = (kz[idx][x] - a) / float(b - a)
-            ok[x] = (1 - t) * phi_a[x] + t * pl(b).signed(ri[idx][x], rj[idx][x]) > 0
-        inside[idx] = ok
+        x = np.flatnonzero(~on & (g + 1 < P))
+        if x.size:
+            gx = g[x]
+            t = (kz[mid[x]] - a[x]) / (pk[gx + 1] - a[x]).astype(np.float64)
+            ok[x] = (1 - t) * phi_a[x] + t * pls.signed(gx + 1, ri[mid[x]], rj[mid[x]]) > 0
+        inside[mid] = ok
     if not inside.any():
         return None, None
     v = val[inside]
@@ -697,7 +801,7 @@ def _dose_centres_in_box(dose, sg: Grid, lat: _Lattice, kz_lo: float, kz_hi: flo
     kk, ii, jj = np.unravel_index(c, block.shape)
     kk, ii, jj = kk + lo[2], ii + lo[1], jj + lo[0]
     A, b = _affine_to(dgrid, sg)
-    p = A @ np.vstack([jj, ii, kk]).astype(np.float64) + b[:, np.newaxis]
+    p = _affine(A, b, np.vstack([jj, ii, kk]).astype(np.float64))
     ri, rj = p[1] - lat.i0, p[0] - lat.j0
     ok = (ri >= -0.5) & (ri <= lat.ni - 0.5) & (rj >= -0.5) & (rj <= lat.nj - 0.5) & (p[2] >= kz_lo) & (p[2] <= kz_hi)
     if not ok.any():

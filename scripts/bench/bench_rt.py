@@ -5,15 +5,34 @@ Prints same-run ratios of rtlake against
   * rt-utils (`get_roi_mask_by_name` for every ROI), and
   * dicompyler-core 0.5.6 `dvhcalc.get_dvh` for every ROI,
 and the TPS-agreeing DVH method (the default) against the voxel method (goal ≤ 3×) and against
-dicompyler-core (goal ≥ 10× faster). Both wall time (best of two) and CPU time are printed: on
-a shared machine the CPU ratio is the steadier one.
-the last two in a throwaway venv with pydicom<3 (dicompyler-core 0.5.6 does not import with
-pydicom 3). That venv is made on demand with `--other-tools` (PyPI via pip) or taken from
-$RTLAKE_BENCH_VENV; otherwise those ratios are skipped with the reason printed.
+dicompyler-core (goal ≥ 10× faster). The two DVH methods run three times interleaved (best of
+each); wall and CPU time are printed, with the load average. rt-utils and dicompyler-core run in
+a throwaway venv with pydicom<3 (dicompyler-core 0.5.6 does not import with pydicom 3), made on
+demand with `--other-tools` (PyPI via pip) or taken from $RTLAKE_BENCH_VENV; otherwise those
+ratios are skipped with the reason printed.
 
     python scripts/bench/bench_rt.py [--rois 50] [--slices 150] [--size 512] [--other-tools] [--keep DIR]
 
 Masks are also checked voxel-for-voxel against plastimatch, so a fast-but-wrong result shows.
+
+Last figures (issue #16, 2-core shared machine, load average 0.1–1.0; docs/rt.md "Speed"): the
+TPS method took 1.22–1.55× the voxel method's time (before #16, same session: 1.97–2.29×) and
+was 10.2–18.1× faster than dicompyler-core, wall and CPU alike (15.0, 18.1, 10.2, 10.9, 11.9; before:
+10.4–14.5×). That last ratio swings with the host's speed between the 3 s TPS rounds and the
+35–48 s dicompyler-core run; against the median dicompyler-core/voxel ratio of all runs (21.5×)
+the TPS method is ≈ 15× faster (before ≈ 11×). Profile of the TPS rounds, before → after (wall s,
+back to back, load 0.4–0.7, on a slower spell of the host):
+
+    φ: k-d queries, trees, feature transforms   1.95 → 1.11  (1,607 trees, 3,602 queries → 50, 325)
+    rest of tps_samples (slab walk, set-up)     0.85 → 0.65
+    whole-slab dose planes                      0.38 → 0.22
+    binning the samples (DoseSamples)           0.29 → 0.10
+    trilinear dose, partial samples + vertices  0.25 → 0.27
+    dose-grid extremes                          0.21 → 0.16
+    DVH metrics                                 0.22 → 0.21
+    rasterise on the lattice                    0.16 → 0.14
+    RTSTRUCT, CT headers, RTDOSE                0.27 → 0.26
+    total                                       4.58 → 3.13   (peak RSS 542 → 326 MB)
 """
 
 from __future__ import annotations
@@ -35,6 +54,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from ingest.rt import phantoms as P  # noqa: E402
+
+
+def _load() -> str:
+    """The 1-minute load average and core count, printed with the results (shared machine)."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
 def _best(fn, repeat: int = 2) -> tuple[float, object]:
@@ -213,7 +237,7 @@ def main() -> int:
             os.link(f, ctdir / f.name)
     ct_files = sorted(ctdir.glob("CT_*.dcm"))
     rs, rd = data / "RS.dcm", data / "RD.dcm"
-    print(f"set: {args.rois} ROIs, {args.slices} × {args.size} × {args.size} CT, written in {time.perf_counter() - t:.1f} s ({work})")
+    print(f"set: {args.rois} ROIs, {args.slices} × {args.size} × {args.size} CT, written in {time.perf_counter() - t:.1f} s ({work}); {_load()}")
 
     t_ours, (grid, ss, masks) = _best(lambda: rtlake_masks(ct_files, rs))
     npts = sum(len(c.points) for r in ss.rois for c in r.contours)
@@ -260,7 +284,7 @@ def main() -> int:
           f"{t_dvh:.2f} s (CPU {c_dvh:.2f} s)")
     print(f"rtlake DVH, TPS method (default), all {len(tps)} ROIs (parse + dose read + shape-interpolated solid + "
           f"trilinear dose + metrics): {t_tps:.2f} s (CPU {c_tps:.2f} s)")
-    print(f"RATIO TPS method/voxel method: {t_tps / t_dvh:.2f}× wall, {c_tps / c_dvh:.2f}× CPU  (goal ≤ 3×)")
+    print(f"RATIO TPS method/voxel method: {t_tps / t_dvh:.2f}× wall, {c_tps / c_dvh:.2f}× CPU  (goal ≤ 3×); {_load()}")
     dv = [100 * (tps[k]["volume_cc"] / dvhs[k]["volume_cc"] - 1) for k in tps if dvhs.get(k, {}).get("volume_cc")]
     print(f"TPS-method volume vs voxel (slab) volume: median {np.median(dv):+.2f} % (range {min(dv):+.2f} … {max(dv):+.2f} %)")
 
@@ -282,11 +306,11 @@ def main() -> int:
     dc = run_other(py, "dicompyler", ctdir, rs, rd)
     if "seconds" in dc:
         bad = [k for k, v in dc["dvh"].items() if isinstance(v, str)]
-        print(f"dicompyler-core 0.5.6, {len(dc['dvh'])} ROIs: {dc['seconds']:.2f} s ({len(bad)} failed)")
+        print(f"dicompyler-core 0.5.6, {len(dc['dvh'])} ROIs: {dc['seconds']:.2f} s (CPU {dc['cpu']:.2f} s; {len(bad)} failed)")
         print(f"RATIO dicompyler-core/rtlake voxel method (DVH): {dc['seconds'] / t_dvh:.1f}× faster wall, "
               f"{dc['cpu'] / c_dvh:.1f}× CPU  (goal ≥ 10×)")
         print(f"RATIO dicompyler-core/rtlake TPS method (DVH): {dc['seconds'] / t_tps:.1f}× faster wall, "
-              f"{dc['cpu'] / c_tps:.1f}× CPU  (goal ≥ 10×)")
+              f"{dc['cpu'] / c_tps:.1f}× CPU  (goal ≥ 10×); {_load()}")
         dm = [abs(v["mean"] - dvhs[k]["Dmean_Gy"]) for k, v in dc["dvh"].items() if not isinstance(v, str) and k in dvhs]
         if dm:
             print(f"|Dmean| difference vs dicompyler-core: median {np.median(dm):.3f} Gy, max {max(dm):.3f} Gy")
