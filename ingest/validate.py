@@ -116,8 +116,10 @@ MAX_DEPTH = 200
 
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
-_REQUIRED_UIDS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x0020000D: "StudyInstanceUID",
-                  0x0020000E: "SeriesInstanceUID"}
+# the UIDs every instance needs: tag -> (name in messages, Verdict field)
+_REQUIRED_UIDS = {0x00080016: ("SOPClassUID", "sop_class_uid"), 0x00080018: ("SOPInstanceUID", "sop_uid"),
+                  0x0020000D: ("StudyInstanceUID", "study_uid"), 0x0020000E: ("SeriesInstanceUID", "series_uid")}
+_UID_VRS = frozenset({b"UI", b"UN", None})  # UN: written by converters that lost the VR; None: implicit VR
 _PIXEL_ATTRS = {0x00280002: "SamplesPerPixel", 0x00280004: "PhotometricInterpretation", 0x00280008: "NumberOfFrames",
                 0x00280010: "Rows", 0x00280011: "Columns", 0x00280100: "BitsAllocated"}
 # image attributes without Pixel Data are fine when one of these carries the data instead
@@ -387,20 +389,16 @@ def _us(raw: bytes, little: bool, name: str) -> int:
     return int.from_bytes(raw, "little" if little else "big")
 
 
-_UID_KEYS = {0x00080016: "sop_class_uid", 0x00080018: "sop_uid", 0x0020000D: "study_uid", 0x0020000E: "series_uid"}
-_UID_VRS = frozenset({b"UI", b"UN", None})  # UN: written by converters that lost the VR; None: implicit VR
-
-
 def _check_uids(top: _Level, ids: dict[str, str]) -> None:
     """The four required UIDs are present, VR UI and valid; `ids` holds their texts (by Verdict field)."""
-    for tag, name in _REQUIRED_UIDS.items():
+    for tag, (name, key) in _REQUIRED_UIDS.items():
         got = top.values.get(tag)
         if got is None:
             raise _Bad("uid", f"{name} {_tag(tag)} is missing")
         vr, _raw = got
-        if vr is not None and vr not in (b"UI", b"UN"):  # UN: written by converters that lost the VR
+        if vr not in _UID_VRS:
             raise _Bad("uid", f"{name} has VR {show(vr)}, not UI")
-        text = ids[_UID_KEYS[tag]]
+        text = ids[key]
         if not valid_uid(text):
             raise _Bad("uid", f"{name} {show(text)!r} is not a valid UID (digits and dots, no leading zeros, "
                               f"at most 64 characters; {len(text)} here)")
@@ -683,12 +681,12 @@ def validate_bytes(buf) -> Verdict:
         top = walker.levels[0]
         values = top.values
         whole = True
-        for tag, key in _UID_KEYS.items():
+        for tag, (_name, key) in _REQUIRED_UIDS.items():
             got = values.get(tag)
             if got is None:
                 whole = False
                 continue
-            text = ids[key] = got[1].decode("latin-1").rstrip("\x00 ")
+            text = ids[key] = _text(got[1])
             whole = whole and got[0] in _UID_VRS and valid_uid(text)
         if not whole:
             _check_uids(top, ids)  # something is wrong: find what, in the order the checks are listed
