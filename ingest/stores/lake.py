@@ -83,14 +83,19 @@ def scan_ids(series: dict[str, tuple[str, str]], previous: dict[str, str] | None
     return out
 
 
-def _held_manifest_scans(sdir: Path, study_uid: str) -> list[dict]:
-    """The scan entries of the session's manifest in the lake (this study's), if there is one."""
+def _manifest(sdir: Path, study_uid: str) -> dict | None:
+    """The session's manifest in the lake when it is there, parses and is this study's (a manifest
+    that exists but cannot be read raises: neither "not stored" nor "no scans yet" would be true)."""
     try:
         manifest = json.loads((sdir / "session.json").read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(manifest, dict) or manifest.get("study_uid") != study_uid:
-        return []
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("study_uid") == study_uid else None
+
+
+def _held_manifest_scans(sdir: Path, study_uid: str) -> list[dict]:
+    """The scan entries of the session's manifest in the lake (this study's), if there is one."""
+    manifest = _manifest(sdir, study_uid) or {}
     return [e for e in manifest.get("scans", []) if isinstance(e, dict) and e.get("series_uid") and e.get("id")]
 
 
@@ -135,13 +140,7 @@ class LakeStore(Store):
         return self.root / safe(plan.project) / safe(plan.subject) / safe(plan.label)
 
     def has_session(self, plan: SessionPlan) -> bool:
-        manifest = self.session_dir(plan) / "session.json"
-        if not manifest.is_file():
-            return False
-        try:
-            return json.loads(manifest.read_text())["study_uid"] == plan.study.study_uid
-        except (ValueError, KeyError):
-            return False
+        return _manifest(self.session_dir(plan), plan.study.study_uid) is not None
 
     def put_study(self, plan: SessionPlan, files: list[Path]) -> StoredSession:
         """Copy the study's whole, valid files into its session folder; never replace a stored file.
