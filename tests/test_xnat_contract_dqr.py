@@ -28,9 +28,8 @@ Cases (NRG test or source in brackets):
 from __future__ import annotations
 
 import pytest
-import requests
 
-from tests.servers.xnat_emulator import XnatEmulator
+from tests.servers.xnat_emulator import XnatEmulator, login_session
 
 P = "DQRPROJ"
 
@@ -62,9 +61,7 @@ def emu(clock):
 
 @pytest.fixture
 def http(emu):
-    s = requests.Session()
-    r = s.put(emu.url + "/data/services/auth", data={"username": "admin", "password": "pw"})
-    s.cookies.set("JSESSIONID", r.text.strip())
+    s = login_session(emu)
     yield s
     s.close()
 

@@ -34,11 +34,10 @@ import zipfile
 
 import pydicom
 import pytest
-import requests
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.servers.xnat_emulator import XnatEmulator
+from tests.servers.xnat_emulator import XnatEmulator, login_session
 
 P = "IMPORTS"
 
@@ -53,10 +52,7 @@ def emu():
 
 @pytest.fixture
 def http(emu):
-    s = requests.Session()
-    r = s.put(emu.url + "/data/services/auth", data={"username": "admin", "password": "pw"})
-    assert r.status_code == 200
-    s.cookies.set("JSESSIONID", r.text.strip())
+    s = login_session(emu)
     yield s
     s.close()
 

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from tests.servers.xnat_emulator import XnatEmulator
+from tests.servers.xnat_emulator import login_session as login
 
 P = "RESTPROJ"
 
@@ -43,14 +44,6 @@ def emu():
         e._new_experiment(P, s1["ID"], "CT_ONE", "xnat:ctSessionData", "admin")
     yield e
     e.stop()
-
-
-def login(emu, user="admin", pw="pw") -> requests.Session:
-    s = requests.Session()
-    r = s.put(emu.url + "/data/services/auth", data={"username": user, "password": pw})
-    assert r.status_code == 200, r.status_code
-    s.cookies.set("JSESSIONID", r.text.strip())
-    return s
 
 
 def rows(resp) -> list[dict]:

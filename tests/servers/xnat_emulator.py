@@ -1310,3 +1310,15 @@ def _relabel_script(relabel: dict) -> str:
         for tag in _RELABEL_TAGS.get(key, ()):
             lines.append(f'{tag} := "{value}"')
     return "\n".join(lines)
+
+
+def login_session(emu: "XnatEmulator", user: str = "admin", pw: str = "pw"):
+    """A requests session logged in to the emulator the way xnatpy does (`PUT /data/services/auth`,
+    the answer is the JSESSIONID), for the contract tests that speak REST directly."""
+    import requests
+
+    s = requests.Session()
+    r = s.put(emu.url + "/data/services/auth", data={"username": user, "password": pw})
+    assert r.status_code == 200, r.status_code
+    s.cookies.set("JSESSIONID", r.text.strip())
+    return s
