@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ingest.rt.tps_reference import read_stored_dvhs
-from tests.fixtures.rt import eclipse_breast
+from tests.fixtures.rt import dvh_roi_refs, eclipse_breast
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,7 @@ def _item(roi, data, kind="CUMULATIVE", units="GY", vunits="CM3", scaling=None, 
         it.DVHDoseScaling = scaling
     it.DVHNumberOfBins = len(data) // 2
     it.DVHData = [f"{v:g}" for v in data]
-    refs = []
-    for r in (rois or [roi]):
-        ref = Dataset()
-        ref.ReferencedROINumber = r
-        ref.DVHROIContributionType = "INCLUDED"
-        refs.append(ref)
-    it.DVHReferencedROISequence = Sequence(refs)
+    it.DVHReferencedROISequence = dvh_roi_refs(rois or [roi])
     if mean is not None:
         it.DVHMeanDose = f"{mean:g}"
     return it
